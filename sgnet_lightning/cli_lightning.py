@@ -1,0 +1,25 @@
+"""The suite's ``LightningCLI``: parses and validates configs, links data shapes into the model."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+from sgnet_lightning.data.datamodule import SegmentationDataModule
+from sgnet_lightning.module import SegmentationModule
+
+
+class SuiteCLI(LightningCLI):
+    """``LightningCLI`` over the one module and the one DataModule.
+
+    ``model.in_channels`` and ``model.out_channels`` are not written in configs: they follow from the
+    data set (modalities) and the task (regions), so a model config works on every data set.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("save_config_callback", None)  # the experiment writes config.yaml itself
+        super().__init__(SegmentationModule, SegmentationDataModule, subclass_mode_model=False,
+                         subclass_mode_data=False, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_channels", "model.in_channels", apply_on="instantiate")
+        parser.link_arguments("data.num_regions", "model.out_channels", apply_on="instantiate")

@@ -1,0 +1,364 @@
+"""The LightningDataModule: manifest + preprocessed cache + fold -> patches and whole volumes.
+
+Training draws label-balanced patches through a TorchIO ``Queue`` whose workers read memory-mapped
+cached volumes (nothing is decoded or resampled while training); cheap augmentation (flips, in-plane
+90 degree rotations) runs per batch on the device after transfer, so CPU workers only cut patches.
+Validation and test yield whole cached volumes, one per batch, for sliding-window inference.
+
+Requirements taken from TorchIO users' experience (``shared/pitfalls.md``):
+- the DataLoader around the Queue has ``num_workers=0``; the Queue owns the workers;
+- under DDP the Queue gets a ``DistributedSampler`` as ``subject_sampler`` (set the trainer's
+  ``use_distributed_sampler: false``, as the base configs do);
+- volumes are padded by half a patch so lesions at the border can be patch centres;
+- an epoch is a fixed number of steps, not the Queue's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader, Dataset
+
+from sgnet_lightning.data import cache
+from sgnet_lightning.data.labels import Task, get_task
+from sgnet_lightning.errors import DataError, SgnetError
+
+log = logging.getLogger(__name__)
+
+SAMPLING_MAP = "foreground"  # TorchIO key of the binary map the label sampler draws centres from
+
+
+# -- readers for TorchIO: module level so Queue workers can pickle them -------------------------
+def _affine_of(path: Path) -> np.ndarray:
+    return np.array(cache.read_meta(path.parent)["affine"], dtype=np.float64)
+
+
+def read_cached_image(path) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: cached ``image.npy`` -> ((C, X, Y, Z) float32 tensor, affine)."""
+    path = Path(path)
+    return torch.from_numpy(np.asarray(np.load(path, mmap_mode="r"), dtype=np.float32)), _affine_of(path)
+
+
+def read_cached_label(path) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: cached ``label.npy`` -> ((1, X, Y, Z) uint8 tensor, affine)."""
+    path = Path(path)
+    return torch.from_numpy(np.array(np.load(path, mmap_mode="r"))[None]), _affine_of(path)
+
+
+def read_foreground(path) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: tumour-anywhere map (label > 0) that the label sampler balances against."""
+    label, affine = read_cached_label(path)
+    return (label > 0).to(torch.uint8), affine
+
+
+class CachedVolumes(Dataset):
+    """Whole cached volumes for validation, test and prediction.
+
+    Items: ``{"image": (C, X, Y, Z) float32, "label_map": (X, Y, Z) uint8 or None,
+    "subject": str, "spacing_mm": (3,) float}``.
+    """
+
+    def __init__(self, cache_dir: Path, subjects: list[str]):
+        self.cache_dir, self.subjects = Path(cache_dir), list(subjects)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        subject_dir = self.cache_dir / self.subjects[index]
+        label = cache.load_label(subject_dir, mmap=False)
+        return {
+            "image": torch.from_numpy(np.asarray(cache.load_image(subject_dir), dtype=np.float32)),
+            "label_map": None if label is None else torch.from_numpy(label),
+            "subject": self.subjects[index],
+            "spacing_mm": torch.tensor(cache.read_meta(subject_dir)["spacing_mm"], dtype=torch.float64),
+        }
+
+
+def _collate_volumes(items: list[dict]) -> dict[str, Any]:
+    labels = [item["label_map"] for item in items]
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "label_map": None if any(lab is None for lab in labels) else torch.stack(labels),
+        "subject": [item["subject"] for item in items],
+        "spacing_mm": torch.stack([item["spacing_mm"] for item in items]),
+    }
+
+
+class _StepsPerEpoch(Dataset):
+    """Presents a TorchIO Queue as ``steps * batch_size`` items: an epoch is defined by steps.
+
+    The Queue ignores the index it is given (it pops its own shuffled patch list), so any length works.
+    """
+
+    def __init__(self, queue: tio.Queue, length: int):
+        self.queue, self.length = queue, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.queue[index]
+
+
+def _collate_patches(patches: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.stack([p["image"][tio.DATA] for p in patches]),
+        "label_map": torch.stack([p["label"][tio.DATA][0] for p in patches]),
+    }
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Patches for training, whole volumes for validation and test, from one manifest and fold.
+
+    Args:
+        manifest: path of a manifest CSV in ``data_manifests/`` (see ``sgnet data manifest``).
+        data_root: folder of the raw data when it is not the manifest's recorded root.
+        cache_root: folder of the preprocessed cache (``sgnet data preprocess``); created on demand.
+        task: task of the data set (``labels.TASKS``); None = the data set's default.
+        fold: cross-validation fold for ``kfold`` manifests (None = fold 0 / the seed-way split).
+        spacing_mm: isotropic target spacing of the cache.
+        patch_size: training patch (x, y, z) in voxels (seed: 96, 96, 32).
+        batch_size: patches per step.
+        positive_fraction: share of patches centred on tumour (seed 1:1 -> 0.5).
+        samples_per_volume: patches cut from a volume each time it is loaded (raise to cut loading cost).
+        queue_length: patches held in RAM by the Queue (``max_length``); RAM grows with this.
+        num_workers: Queue workers loading and cropping volumes.
+        steps_per_epoch: training steps that make one epoch.
+        augment: device-side augmentation: ``{"flip_axes": [0], "flip_p": 0.5, "rot90_p": 0.5}``
+            (the seed's); rot90 turns the first two axes and needs a square in-plane patch.
+        torchio_transforms: optional CPU TorchIO transforms run in the Queue workers, as
+            ``[{"name": "RandomBiasField", "p": 0.3}, ...]`` (any ``torchio`` transform class).
+        exclude: subject IDs to leave out (e.g. those ``sgnet data check`` reported).
+        preprocess_workers: processes for building the cache in ``prepare_data``.
+        check: refuse to train on a manifest whose check reports fatal problems in subjects that are
+            not excluded.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        data_root: str | None = None,
+        cache_root: str = "cache",
+        task: str | None = None,
+        fold: int | None = None,
+        spacing_mm: float = 1.0,
+        patch_size: tuple[int, int, int] = (96, 96, 32),
+        batch_size: int = 4,
+        positive_fraction: float = 0.5,
+        samples_per_volume: int = 8,
+        queue_length: int = 64,
+        num_workers: int = 2,
+        steps_per_epoch: int = 100,
+        augment: dict[str, Any] | None = None,
+        torchio_transforms: list[dict[str, Any]] | None = None,
+        exclude: list[str] | None = None,
+        preprocess_workers: int = 1,
+        check: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0 <= positive_fraction <= 1:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        from sgnet_lightning.data.manifest import Manifest
+
+        self.manifest = Manifest.load(manifest, root=data_root)
+        self.task: Task = get_task(self.manifest.dataset, task)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.augment = {"flip_axes": [0], "flip_p": 0.5, "rot90_p": 0.5, **(augment or {})}
+        self.exclude = set(exclude or [])
+        self.splits = {
+            name: [s for s in subjects if s not in self.exclude]
+            for name, subjects in self.manifest.split_subjects(fold).items()
+        }
+        self.cache_dir: Path | None = None
+
+    # -- shapes the model needs (linked into the model config by the CLI) --------------------------
+    @property
+    def num_channels(self) -> int:
+        from sgnet_lightning.data.sources import get_source
+
+        return len(get_source(self.manifest.dataset).modalities)
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.task.regions)
+
+    @property
+    def num_subregions(self) -> int:
+        return len(self.task.subregions)
+
+    # -- cache ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Check the manifest once (result cached next to the data) and build missing cache entries."""
+        self.cache_dir = self._ensure_cache()
+
+    def _settings(self):
+        from sgnet_lightning.data.preprocess import PreprocessSettings
+
+        return PreprocessSettings(spacing_mm=(self.hparams.spacing_mm,) * 3)
+
+    def _ensure_cache(self) -> Path:
+        from sgnet_lightning.data.preprocess import preprocess_manifest
+
+        if self.hparams.check:
+            self._refuse_failed_check()
+        return preprocess_manifest(
+            self.manifest,
+            self.hparams.cache_root,
+            self._settings(),
+            workers=self.hparams.preprocess_workers,
+            exclude=sorted(self.exclude),
+            progress=True,
+        )
+
+    def _refuse_failed_check(self) -> None:
+        from sgnet_lightning.data.validate import check_manifest
+
+        # the check reads every file: run it once per manifest content and keep the verdict
+        key = hashlib.sha256(Path(self.hparams.manifest).read_bytes()).hexdigest()[:16]
+        marker = Path(self.hparams.cache_root) / "checks" / f"{Path(self.hparams.manifest).stem}-{key}.json"
+        if marker.is_file():
+            fatal = set(json.loads(marker.read_text())["fatal_subjects"])
+        else:
+            report = check_manifest(self.manifest, exclude=sorted(self.exclude))
+            fatal = set(report.fatal_subjects)
+            cache.atomic_write_json(marker, {"fatal_subjects": sorted(fatal)})
+            if fatal - self.exclude:
+                log.error(report.format())
+        bad = sorted(fatal - self.exclude)
+        if bad:
+            raise SgnetError(
+                f"manifest {self.hparams.manifest} fails `sgnet data check` for {len(bad)} subject(s): "
+                f"{', '.join(bad)}; fix them or list them under data.exclude"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache_dir is None:  # prepare_data ran in another process (DDP) or not at all
+            self.cache_dir = Path(self.hparams.cache_root) / self._settings().key()
+            if not (self.cache_dir / cache.SETTINGS_FILE).is_file():
+                self.cache_dir = self._ensure_cache()
+        for split, subjects in self.splits.items():
+            missing = [s for s in subjects if not cache.is_complete(self.cache_dir / s)]
+            if missing:
+                raise DataError(missing[0], self.cache_dir / missing[0], f"not in the cache ({split} split; "
+                                f"{len(missing)} missing); run `sgnet data preprocess`")
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def _subjects(self, names: list[str]) -> list[tio.Subject]:
+        subjects = []
+        for name in names:
+            subject_dir = self.cache_dir / name
+            label_path = subject_dir / cache.LABEL_FILE
+            if not label_path.is_file():
+                raise DataError(name, label_path, "no label in the cache, cannot train on this subject")
+            subjects.append(
+                tio.Subject(
+                    image=tio.ScalarImage(subject_dir / cache.IMAGE_FILE, reader=read_cached_image),
+                    label=tio.LabelMap(label_path, reader=read_cached_label),
+                    **{SAMPLING_MAP: tio.LabelMap(label_path, reader=read_foreground)},
+                    subject_id=name,
+                )
+            )
+        return subjects
+
+    def _train_transform(self) -> tio.Compose:
+        # Half a patch of zeros around the volume lets the sampler centre patches on lesions at the
+        # border (TorchIO zeroes the probability map where a centred patch would not fit).
+        transforms: list[tio.Transform] = [tio.Pad(tuple(p // 2 for p in self.patch_size for _ in (0, 1)))]
+        for spec in self.hparams.torchio_transforms or []:
+            spec = dict(spec)
+            name = spec.pop("name")
+            if not hasattr(tio, name):
+                raise ValueError(f"data.torchio_transforms: torchio has no transform {name!r}")
+            transforms.append(getattr(tio, name)(**spec))
+        return tio.Compose(transforms)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.splits["train"]:
+            raise SgnetError(f"the training split of {self.hparams.manifest} is empty")
+        dataset = tio.SubjectsDataset(self._subjects(self.splits["train"]), transform=self._train_transform())
+        positive = self.hparams.positive_fraction
+        sampler = tio.LabelSampler(
+            self.patch_size, label_name=SAMPLING_MAP, label_probabilities={0: 1 - positive, 1: positive}
+        )
+        subject_sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            subject_sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=True
+            )
+        queue = tio.Queue(
+            dataset,
+            max_length=max(self.hparams.queue_length, self.hparams.samples_per_volume),
+            samples_per_volume=self.hparams.samples_per_volume,
+            sampler=sampler,
+            subject_sampler=subject_sampler,
+            num_workers=self.hparams.num_workers,
+            shuffle_subjects=subject_sampler is None,
+        )
+        steps = self.hparams.steps_per_epoch * self.hparams.batch_size
+        # num_workers=0: the Queue owns the workers (TorchIO's documented pattern).
+        return DataLoader(_StepsPerEpoch(queue, steps), batch_size=self.hparams.batch_size,
+                          num_workers=0, collate_fn=_collate_patches)
+
+    def _volume_loader(self, split: str) -> DataLoader:
+        if not self.splits[split]:
+            raise SgnetError(f"the {split} split of {self.hparams.manifest} is empty")
+        return DataLoader(CachedVolumes(self.cache_dir, self.splits[split]), batch_size=1,
+                          num_workers=min(2, self.hparams.num_workers), collate_fn=_collate_volumes)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._volume_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._volume_loader("test")
+
+    # -- on the device: targets and augmentation --------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if self.trainer is not None and self.trainer.training:
+            batch["image"], batch["label_map"] = augment_on_device(batch["image"], batch["label_map"], self.augment)
+        if batch.get("label_map") is not None:
+            batch["target"] = masks_from_label_map(batch["label_map"], self.task.regions)
+            batch["subregions"] = masks_from_label_map(batch["label_map"], self.task.subregions)
+        return batch
+
+
+def masks_from_label_map(label_map: torch.Tensor, groups: dict[str, tuple[int, ...]]) -> torch.Tensor:
+    """(B, X, Y, Z) integer label map -> (B, len(groups), X, Y, Z) float {0, 1} masks."""
+    return torch.stack(
+        [torch.isin(label_map, torch.tensor(values, device=label_map.device)) for values in groups.values()],
+        dim=1,
+    ).float()
+
+
+def augment_on_device(image: torch.Tensor, label_map: torch.Tensor, augment: dict[str, Any]):
+    """The seed's augmentation, per sample, on whatever device the batch is on.
+
+    Args:
+        image: (B, C, X, Y, Z); label_map: (B, X, Y, Z).
+        augment: ``flip_axes`` (spatial axes 0..2), ``flip_p``, ``rot90_p`` (rotation by k * 90
+            degrees in the (x, y) plane, k uniform in 1..3; needs a square in-plane patch).
+    """
+    image, label_map = image.clone(), label_map.clone()
+    batch = image.shape[0]
+    for axis in augment.get("flip_axes", []):
+        flip = torch.rand(batch, device=image.device) < augment.get("flip_p", 0.0)
+        for b in torch.nonzero(flip).flatten().tolist():
+            image[b] = image[b].flip(axis + 1)
+            label_map[b] = label_map[b].flip(axis)
+    if augment.get("rot90_p", 0.0) > 0 and image.shape[2] == image.shape[3]:
+        rotate = torch.rand(batch, device=image.device) < augment["rot90_p"]
+        turns = torch.randint(1, 4, (batch,), device=image.device)
+        for b in torch.nonzero(rotate).flatten().tolist():
+            k = int(turns[b])
+            image[b] = torch.rot90(image[b], k, dims=(1, 2))
+            label_map[b] = torch.rot90(label_map[b], k, dims=(0, 1))
+    return image, label_map

@@ -1,0 +1,209 @@
+"""Plain functions behind ``sgnet fit | validate | test | predict``: ``train(config) -> metrics``.
+
+A config is the merged dict of :mod:`sgnet_lightning.config`. Lightning's ``LightningCLI`` parses
+and validates it (types, unknown keys, links from the data to the model) and instantiates module,
+DataModule and trainer; this module adds the run folder, checkpoints, loggers and results files.
+
+Run folder (``run.root/run.name/<network>/<dataset>/seed<k>[/fold<f>]`` unless given)::
+
+    config.yaml            resolved config as run
+    run.json               provenance (versions, commit, hardware) and timings
+    checkpoints/best.ckpt  best by validation Dice;  checkpoints/last.ckpt  for resuming
+    logs/metrics.csv       CSV log (source of truth); wandb/ when W&B is on (offline by default)
+    results.csv            per-subject test results (written atomically, last)
+    predictions/<subject>.npz   test predictions on the cached grid
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from sgnet_lightning import tracking
+from sgnet_lightning.config import get_dotted
+from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.errors import ConfigError, SgnetError
+
+log = logging.getLogger(__name__)
+
+SUITE_KEYS = ("run",)  # top-level config sections the suite handles itself, not LightningCLI
+BEST_CKPT, LAST_CKPT = "best.ckpt", "last.ckpt"
+MIN_FREE_DISK_MB = 200
+
+
+def run_dir_for(config: dict[str, Any]) -> Path:
+    """Where a config's run writes: ``run.dir`` if set, else root/name/network/dataset/seed[/fold]."""
+    if get_dotted(config, "run.dir"):
+        return Path(get_dotted(config, "run.dir"))
+    from sgnet_lightning.data.manifest import Manifest
+
+    dataset = Manifest.load(get_dotted(config, "data.manifest"), root=get_dotted(config, "data.data_root")).dataset
+    path = (Path(get_dotted(config, "run.root", "runs")) / get_dotted(config, "run.name", "default")
+            / get_dotted(config, "model.network", "sgnet") / dataset
+            / f"seed{get_dotted(config, 'seed_everything', 0)}")
+    fold = get_dotted(config, "data.fold")
+    return path / f"fold{fold}" if fold is not None else path
+
+
+def check_writable(folder: Path, min_free_mb: int = MIN_FREE_DISK_MB) -> None:
+    """Fail before hours of work when the output folder cannot be written or the disk is full."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise SgnetError(f"output folder {folder} is not writable: {err.strerror or err}") from None
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise SgnetError(f"only {free_mb:.0f} MB free under {folder}; at least {min_free_mb} MB are needed")
+
+
+def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overrides: Sequence[str] = ()):
+    """Parse ``config`` with LightningCLI and return ``(module, datamodule, trainer)``.
+
+    Args:
+        config: merged experiment config (see :mod:`sgnet_lightning.config`).
+        run_dir: run folder (checkpoints, logs).
+        callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
+        overrides: jsonargparse-style command-line overrides, e.g. ``["--trainer.max_epochs=3"]``.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sgnet_lightning.cli_lightning import SuiteCLI
+
+    cli_config = {k: v for k, v in config.items() if k not in SUITE_KEYS}
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
+        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"))
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cli_config))
+        cli = SuiteCLI(
+            args=["--config", str(config_file), *overrides],
+            run=False,
+            trainer_defaults={"default_root_dir": str(run_dir), "logger": loggers,
+                              "callbacks": [checkpoint, *callbacks]},
+        )
+    resolved = cli.parser.dump(cli.config, format="yaml", skip_none=False)
+    atomic_write_text(run_dir / "config.yaml", resolved + yaml.safe_dump({"run": config.get("run", {})}))
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def _write_run_json(run_dir: Path, **fields) -> None:
+    path = run_dir / "run.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_json(path, {**current, **fields})
+
+
+def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: Sequence = (),
+          overrides: Sequence[str] = (), resume: bool | None = None) -> dict[str, float]:
+    """Fit one model; return its final and best validation metrics.
+
+    Resumes from ``checkpoints/last.ckpt`` when it exists (``run.resume``, default True), so a killed
+    run continues where it stopped and ends as an uninterrupted one would.
+
+    Returns:
+        e.g. ``{"val/dice": ..., "val/loss": ..., "best_val_dice": ..., "epochs": ..., "steps": ...}``.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    check_writable(run_dir)
+    module, datamodule, trainer = build(config, run_dir, callbacks, overrides)
+    resume = get_dotted(config, "run.resume", True) if resume is None else resume
+    last = run_dir / "checkpoints" / LAST_CKPT
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming %s from %s", run_dir, last)
+    _write_run_json(run_dir, **tracking.provenance(), network=module.hparams.network,
+                    n_parameters=sum(p.numel() for p in module.net.parameters()),
+                    deterministic=bool(get_dotted(config, "trainer.deterministic", False)))
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with _explain_out_of_memory():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        tracking.finish_wandb()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    metrics["best_val_dice"] = float(best) if best is not None else float("nan")
+    metrics["epochs"], metrics["steps"] = trainer.current_epoch, trainer.global_step
+    _write_run_json(run_dir, train_time_s=time.perf_counter() - start + _previous_train_time(run_dir, ckpt_path),
+                    peak_memory_mb=_peak_memory_mb(), fit_metrics=metrics)
+    return metrics
+
+
+def _previous_train_time(run_dir: Path, ckpt_path: str | None) -> float:
+    if not ckpt_path:
+        return 0.0
+    path = run_dir / "run.json"
+    return float(json.loads(path.read_text()).get("train_time_s", 0.0)) if path.is_file() else 0.0
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class _explain_out_of_memory:
+    """Turn a CUDA out-of-memory error into a message that names the settings to lower."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, torch.cuda.OutOfMemoryError):
+            raise SgnetError(
+                "out of GPU memory: lower data.batch_size (training) or "
+                "model.sliding_window.sw_batch_size / set model.sliding_window.stitch_on_cpu: true "
+                "(validation and test), or data.patch_size"
+            ) from exc
+        return False
+
+
+def test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
+         save_predictions: bool = True, overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
+    metric) atomically and return it.
+
+    Args:
+        ckpt: ``"best"``, ``"last"`` or a checkpoint path.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    ckpt_path = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}.get(
+        ckpt, Path(ckpt) if ckpt else None)
+    if ckpt_path is not None and not ckpt_path.is_file():
+        raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
+    test_config = copy.deepcopy(config)
+    test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
+    module, datamodule, trainer = build(test_config, run_dir, overrides=overrides)
+    module.prediction_dir = run_dir / "predictions" if save_predictions else None
+    module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
+    with _explain_out_of_memory():
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, verbose=False)
+    results = pd.DataFrame(module.test_rows)
+    buffer = io.StringIO()
+    results.to_csv(buffer, index=False)
+    atomic_write_text(run_dir / "results.csv", buffer.getvalue())
+    seconds = module.test_inference_seconds
+    _write_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
+                    tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds))
+    return results

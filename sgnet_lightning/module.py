@@ -1,0 +1,219 @@
+"""One LightningModule that trains, validates and tests every registered network.
+
+The module knows nothing about architectures: it creates the network by name from the registry,
+reads its :class:`~sgnet_lightning.models.NetworkOutput`, and gets optimiser and scheduler from
+config. Sampling and augmentation live in the DataModule, metrics in ``sgnet_lightning.evaluation``,
+sliding-window inference in ``sgnet_lightning.inference``.
+
+Batches (built by :class:`~sgnet_lightning.data.datamodule.SegmentationDataModule`):
+    training:   {"image": (B, C, X, Y, Z) float, "target": (B, R, X, Y, Z) {0,1},
+                 "subregions": (B, S, X, Y, Z) {0,1}}
+    validation / test: the same keys for one whole cached volume (B = 1), plus "label_map"
+                 (B, X, Y, Z) uint8 or None, "subject" (list of str), "spacing_mm" (B, 3).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from sgnet_lightning.evaluation.metrics import dice_per_channel
+from sgnet_lightning.inference import SlidingWindow, sliding_window_predict
+from sgnet_lightning.losses import AttentionSupervisionLoss, DiceBCELoss
+from sgnet_lightning.models import create_model
+
+DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-4, "weight_decay": 0.0}
+DEFAULT_SCHEDULER = {"name": "plateau", "factor": 0.5, "patience": 5}
+
+
+class SegmentationModule(pl.LightningModule):
+    """Wraps any registered network with the loss, optimiser, scheduler and evaluation of the suite.
+
+    Args:
+        network: registered network name (``sgnet_lightning.models.list_models()``).
+        network_options: keyword options of that network, e.g. ``{"gate_threshold": 0.5}``.
+        in_channels: input modalities (2 for Brain-Mets-Lung, 4 for BraTS); linked from the data.
+        out_channels: output regions (1 for the seed's whole tumour, 3 for ET/TC/WT); linked.
+        aux_loss_weight: weight of the attention-map auxiliary loss; 0 turns it off.
+        optimizer: ``{"name": "adam" | "adamw" | "sgd", "lr": ..., **kwargs}``.
+        scheduler: ``{"name": "plateau" | "cosine_restarts" | "none", **kwargs}``; ``plateau`` steps on
+            validation Dice (mode max), ``cosine_restarts`` per epoch (``T_0``, ``T_mult``, ``eta_min``).
+        sliding_window: ``{"roi_size": [x, y, z] voxels, "overlap": 0.25, "sw_batch_size": 4,
+            "mode": "constant" | "gaussian"}`` for validation, test and prediction.
+        threshold: probability above which a voxel belongs to a region.
+        channels_last: use the channels-last 3D memory format (faster convolutions on recent GPUs).
+    """
+
+    def __init__(
+        self,
+        network: str = "sgnet",
+        network_options: dict[str, Any] | None = None,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        aux_loss_weight: float = 0.0,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        sliding_window: dict[str, Any] | None = None,
+        threshold: float = 0.5,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {aux_loss_weight}")
+        self.net = create_model(network, in_channels, out_channels, **(network_options or {}))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.loss = DiceBCELoss()
+        self.aux_loss = AttentionSupervisionLoss()
+        self.window = SlidingWindow(**(sliding_window or {}))
+        self.optimizer_config = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+        self.scheduler_config = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+
+    # -- forward and loss ---------------------------------------------------------------------
+    def forward(self, image: torch.Tensor):
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return self.net(image)
+
+    def _loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        seg = self.loss(out.logits, batch["target"])
+        parts = {"loss_seg": seg.detach()}
+        total = seg
+        if self.hparams.aux_loss_weight > 0:
+            aux = self.aux_loss(out.attention_maps, batch["subregions"])
+            parts["loss_aux"] = aux.detach()
+            total = total + self.hparams.aux_loss_weight * aux
+        return total, parts
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch["image"])
+        loss, parts = self._loss(out, batch)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=batch_size)
+        for i, fraction in enumerate(out.open_fractions()):
+            self.log(f"gate/open_fraction_{i}", fraction, batch_size=batch_size)
+        return loss
+
+    # -- whole-volume evaluation ----------------------------------------------------------------
+    def predict_volume(self, image: torch.Tensor, with_maps: bool = False) -> dict[str, torch.Tensor]:
+        """Sliding-window prediction over whole volumes.
+
+        Args:
+            image: (B, C, X, Y, Z).
+        Returns:
+            ``{"probabilities": (B, R, X, Y, Z)}`` and, with ``with_maps``, ``"attention"``
+            (B, S, X, Y, Z) and/or ``"gate"`` (B, 1, X, Y, Z) from the finest stage, on the input grid.
+        """
+        return sliding_window_predict(self, image, self.window, with_maps=with_maps)
+
+    def validation_step(self, batch, batch_idx):
+        probabilities = self.predict_volume(batch["image"])["probabilities"]
+        loss = self.loss(torch.logit(probabilities.clamp(1e-6, 1 - 1e-6)), batch["target"])
+        dice = dice_per_channel(probabilities > self.hparams.threshold, batch["target"] > 0.5)  # (B, R)
+        names = self.trainer.datamodule.task.region_names if self._has_datamodule() else None
+        self.log("val/loss", loss, batch_size=1, sync_dist=True)
+        self.log("val/dice", dice.mean(), prog_bar=True, batch_size=1, sync_dist=True)
+        for r in range(dice.shape[1]):
+            name = names[r] if names else str(r)
+            self.log(f"val/dice_{name}", dice[:, r].mean(), batch_size=1, sync_dist=True)
+
+    def _has_datamodule(self) -> bool:
+        return getattr(self.trainer, "datamodule", None) is not None and hasattr(self.trainer.datamodule, "task")
+
+    # -- test: per-subject results ----------------------------------------------------------------
+    def on_test_epoch_start(self):
+        self.test_rows: list[dict] = []
+        self.test_inference_seconds: list[float] = []
+
+    def test_step(self, batch, batch_idx):
+        from sgnet_lightning.data.labels import regions_to_label_map
+        from sgnet_lightning.evaluation.evaluate import evaluate_case
+
+        datamodule = self.trainer.datamodule
+        task = datamodule.task
+        start = time.perf_counter()
+        maps = self.predict_volume(batch["image"], with_maps=self.prediction_dir is not None)
+        if batch["image"].is_cuda:
+            torch.cuda.synchronize()
+        self.test_inference_seconds.append(time.perf_counter() - start)
+        pred = (maps["probabilities"][0] > self.hparams.threshold).cpu().numpy()  # (R, X, Y, Z)
+        subject = batch["subject"][0]
+        spacing = tuple(float(s) for s in batch["spacing_mm"][0])
+        reference = batch["label_map"][0].cpu().numpy()
+        rows = evaluate_case(regions_to_label_map(pred, task), reference, task, spacing, **self.test_metric_options)
+        self.test_rows.extend({"subject": subject, **row} for row in rows)
+        if self.prediction_dir is not None:
+            save_prediction(self.prediction_dir, subject, pred, maps)
+
+    prediction_dir = None  # set by sgnet_lightning.experiment before trainer.test to store predictions
+    test_metric_options: dict = {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # a checkpoint alone must be enough for `sgnet predict`: keep how the data was prepared
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "task"):
+            checkpoint["sgnet_data"] = _data_description(datamodule)
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_cfg = dict(self.optimizer_config)
+        name = opt_cfg.pop("name").lower()
+        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+        if name not in optimizers:
+            raise ValueError(f"optimizer.name {name!r} unknown; choose one of {', '.join(optimizers)}")
+        optimizer = optimizers[name](self.parameters(), **opt_cfg)
+
+        sched_cfg = dict(self.scheduler_config)
+        sched_name = sched_cfg.pop("name").lower()
+        if sched_name == "none":
+            return optimizer
+        if sched_name == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", **sched_cfg)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice", "strict": False},
+            }
+        if sched_name == "cosine_restarts":
+            sched_cfg.setdefault("T_0", 10)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, **sched_cfg)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        raise ValueError(f"scheduler.name {sched_name!r} unknown; choose plateau, cosine_restarts or none")
+
+
+def save_prediction(out_dir, subject: str, pred: np.ndarray, maps: dict[str, torch.Tensor]) -> None:
+    """Store a test prediction on the cached grid: ``pred`` uint8 (R, X, Y, Z) and, where the network
+    has them, ``attention`` / ``gate`` float16 maps, as ``<out_dir>/<subject>.npz`` (atomically)."""
+    import io
+    from pathlib import Path
+
+    from sgnet_lightning.data.cache import atomic_write_bytes
+
+    arrays = {"pred": pred.astype(np.uint8)}
+    for key in ("attention", "gate"):
+        if key in maps:
+            arrays[key] = maps[key][0].float().cpu().numpy().astype(np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(Path(out_dir) / f"{subject}.npz", buffer.getvalue())
+
+
+def _data_description(datamodule) -> dict[str, Any]:
+    """What ``sgnet predict`` needs to preprocess new cases exactly as in training."""
+    from sgnet_lightning.data.sources import get_source
+
+    task = datamodule.task
+    return {
+        "dataset": task.dataset,
+        "task": task.name,
+        "modalities": list(get_source(task.dataset).modalities),
+        "spacing_mm": float(datamodule.hparams.spacing_mm),
+        "region_names": task.region_names,
+        "subregion_names": task.subregion_names,
+    }
+
