@@ -207,3 +207,19 @@ def test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | 
     _write_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
                     tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds))
     return results
+
+
+def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
+             overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Validate a trained run on its validation split; return the logged metrics."""
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    ckpt_path = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}.get(
+        ckpt, Path(ckpt) if ckpt else None)
+    if ckpt_path is not None and not ckpt_path.is_file():
+        raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
+    val_config = copy.deepcopy(config)
+    val_config.setdefault("run", {})["wandb"] = {"enabled": False}
+    module, datamodule, trainer = build(val_config, run_dir, overrides=overrides)
+    (results,) = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                                  verbose=False)
+    return {k: float(v) for k, v in results.items()}

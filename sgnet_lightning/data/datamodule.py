@@ -202,9 +202,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cache_dir = self._ensure_cache()
 
     def _settings(self):
-        from sgnet_lightning.data.preprocess import PreprocessSettings
-
-        return PreprocessSettings(spacing_mm=(self.hparams.spacing_mm,) * 3)
+        return preprocess_settings(self.hparams.spacing_mm)
 
     def _ensure_cache(self) -> Path:
         from sgnet_lightning.data.preprocess import preprocess_manifest
@@ -329,6 +327,13 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch["target"] = masks_from_label_map(batch["label_map"], self.task.regions)
             batch["subregions"] = masks_from_label_map(batch["label_map"], self.task.subregions)
         return batch
+
+
+def preprocess_settings(spacing_mm: float):
+    """The cache settings of a DataModule with this spacing (everything else at its default)."""
+    from sgnet_lightning.data.preprocess import PreprocessSettings
+
+    return PreprocessSettings(spacing_mm=(float(spacing_mm),) * 3)
 
 
 def masks_from_label_map(label_map: torch.Tensor, groups: dict[str, tuple[int, ...]]) -> torch.Tensor:

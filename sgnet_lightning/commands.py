@@ -1,0 +1,77 @@
+"""Subcommands for the later stages: benchmark, stats, report, sweep, bench (see ``sgnet_lightning.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_benchmark(args) -> int:
+    from sgnet_lightning.benchmark import run_benchmark
+    from sgnet_lightning.config import deep_merge, parse_overrides
+
+    overrides = parse_overrides(args.set or [])
+    if args.data:
+        overrides = deep_merge(overrides, {"budget": {"data": {"data_root": args.data}}})
+    bench_dir = run_benchmark(args.config, overrides=overrides, only=args.only)
+    print(f"benchmark results: {bench_dir / 'results.csv'}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from sgnet_lightning.analysis.results import load_results
+    from sgnet_lightning.analysis.stats import compute_stats, write_stats
+
+    results = load_results(args.results)
+    stats = compute_stats(results, reference=args.reference, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    write_stats(stats, args.out)
+    print(f"statistics for {stats['model'].nunique()} models written to {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from sgnet_lightning.analysis.report import build_report, check_report_in_browser
+
+    html, md = build_report(args.benchmark, args.out or Path(args.benchmark) / "report", reference=args.reference)
+    if args.check_browser:
+        result = check_report_in_browser(html)
+        print(f"browser check: {result['loaded']}/{result['images']} figures loaded")
+    print(f"report: {html}\nmarkdown: {md}")
+    return 0
+
+
+def register_more(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="every model x seed [x fold]: fit + test, resumable")
+    p.add_argument("--config", required=True, help="benchmark YAML (experiments/benchmarks/...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in the benchmark config")
+    p.add_argument("--data", help="folder of the real data set (overrides the manifest's root)")
+    p.add_argument("--only", nargs="*", help="model labels to run")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("stats", help="paired statistics over a benchmark's per-subject results")
+    p.add_argument("--results", required=True, help="results CSV or benchmark folder")
+    p.add_argument("--reference", default="unet", help="model every other is compared with")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-bootstrap", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("report", help="HTML + Markdown report built only from a benchmark folder")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--out")
+    p.add_argument("--reference")
+    p.add_argument("--check-browser", action="store_true", help="open it in headless Chromium")
+    p.set_defaults(func=cmd_report)
+
+    try:
+        from sgnet_lightning.sweep import register_sweep_commands
+    except ImportError:
+        pass
+    else:
+        register_sweep_commands(sub)
+    try:
+        from sgnet_lightning.bench import register_bench_commands
+    except ImportError:
+        pass
+    else:
+        register_bench_commands(sub)

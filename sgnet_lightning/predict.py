@@ -1,0 +1,126 @@
+"""``sgnet predict``: segment new cases and write NIfTI on each input's own grid.
+
+The same preprocessing as training (from the checkpoint's record of it), sliding-window inference,
+then the prediction is put back on the reference modality's original grid, so the written file has
+exactly that file's shape and affine.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sgnet_lightning.data.cache import atomic_write_bytes
+from sgnet_lightning.data.labels import get_task, regions_to_label_map
+from sgnet_lightning.errors import SgnetError
+
+log = logging.getLogger(__name__)
+
+
+def load_trained(ckpt: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a :class:`SegmentationModule` and its data description from a checkpoint alone."""
+    from sgnet_lightning.module import SegmentationModule
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise SgnetError(f"checkpoint not found: {ckpt}")
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if "sgnet_data" not in checkpoint:
+        raise SgnetError(f"{ckpt} was not written by `sgnet fit` (no data description inside)")
+    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return module.to(device).eval(), checkpoint["sgnet_data"]
+
+
+def _subject_id(path: Path) -> str:
+    name = re.sub(r"\.nii(\.gz)?$", "", path.name)
+    return re.sub(r"[_-](t1ce|t1c|t1n|t1|t2w|t2f|t2|flair)(_img)?$", "", name, flags=re.IGNORECASE)
+
+
+def collect_inputs(inputs: Sequence[str | Path], dataset: str) -> dict[str, dict[str, Path]]:
+    """Subjects to segment: ``{subject: {modality: path}}``.
+
+    ``inputs`` is either one folder in the data set's layout (found by the data set's reader, labels
+    not needed) or image files, one per modality in the training channel order.
+    """
+    from sgnet_lightning.data.sources import get_source
+
+    source = get_source(dataset)
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        records = source.discover(paths[0])
+        return {r.subject: dict(r.images) for r in records}
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SgnetError(f"input file not found: {missing[0]}")
+    if len(paths) != len(source.modalities):
+        raise SgnetError(
+            f"{dataset} models take {len(source.modalities)} images ({', '.join(source.modalities)}, in "
+            f"this order); got {len(paths)} file(s)"
+        )
+    return {_subject_id(paths[0]): dict(zip(source.modalities, paths))}
+
+
+def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
+            write_probabilities: bool = False, write_maps: bool = False, device: str | None = None,
+            sw_batch_size: int | None = None, progress: bool = True) -> list[Path]:
+    """Segment every subject of ``inputs``; return the written label files.
+
+    Writes ``<out_dir>/<subject>.nii.gz`` (uint8 label map in the data set's convention, on the
+    reference modality's original grid) and, on request, ``<subject>_probabilities.nii.gz``
+    (4D, one volume per region) and ``<subject>_attention.nii.gz`` / ``<subject>_gate.nii.gz``.
+    """
+    from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images, to_native
+    from sgnet_lightning.data.sources import get_source
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    module, data = load_trained(ckpt, device)
+    if sw_batch_size:
+        module.window.sw_batch_size = sw_batch_size
+    task = get_task(data["dataset"], data["task"])
+    source = get_source(data["dataset"])
+    settings = PreprocessSettings(spacing_mm=(data["spacing_mm"],) * 3)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    subjects = collect_inputs(inputs, data["dataset"])
+    if not subjects:
+        raise SgnetError(f"no subjects found in {', '.join(map(str, inputs))}")
+    for subject, images in tqdm(subjects.items(), desc="predict", unit="subject", disable=not progress):
+        image, meta = preprocess_images(images, source, settings, subject)
+        batch = torch.from_numpy(np.asarray(image, dtype=np.float32))[None].to(device)
+        maps = module.predict_volume(batch, with_maps=write_maps)
+        probabilities = maps["probabilities"][0].cpu().numpy()
+        label_map = regions_to_label_map(probabilities > module.hparams.threshold, task)
+        written.append(_save(to_native(label_map, meta, "nearest"), out_dir / f"{subject}.nii.gz", np.uint8))
+        if write_probabilities:
+            _save(to_native(probabilities, meta, "linear"), out_dir / f"{subject}_probabilities.nii.gz", np.float32)
+        for key in ("attention", "gate") if write_maps else ():
+            if key in maps:
+                volume = maps[key][0].float().cpu().numpy()
+                _save(to_native(volume, meta, "linear"), out_dir / f"{subject}_{key}.nii.gz", np.float32)
+    return written
+
+
+def _save(image: nib.Nifti1Image, path: Path, dtype) -> Path:
+    """Write ``image`` with ``dtype`` atomically (temporary name, then rename)."""
+    data = np.asarray(image.dataobj)
+    if data.ndim == 4 and data.shape[0] < data.shape[-1]:  # (C, X, Y, Z) -> NIfTI's (X, Y, Z, C)
+        data = np.moveaxis(data, 0, -1)
+    out = nib.Nifti1Image(data.astype(dtype), image.affine)
+    out.set_qform(image.affine, code=1)
+    out.set_sform(image.affine, code=1)
+    atomic_write_bytes(path, out.to_bytes() if not str(path).endswith(".gz") else _gzip(out.to_bytes()))
+    return path
+
+
+def _gzip(raw: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(raw, compresslevel=6)
