@@ -1,0 +1,220 @@
+"""Gather the per-subject results of a benchmark folder into one tidy table.
+
+A benchmark folder (written by the benchmark runner) holds one folder per run::
+
+    <bench>/benchmark.json
+    <bench>/<model_label>/seed<k>/[fold<f>/]run.json, results.csv, predictions/, COMPLETE
+
+A run counts only once its ``COMPLETE`` marker exists (the runner writes it last); runs without it
+(still training, or killed) are skipped and counted in a logged warning, never half-read.
+
+The gathered table has one row per model x seed x fold x subject x region x metric:
+
+    model (str), seed (int), fold (Int64, <NA> without folds), subject (str), region (str),
+    metric (str), value (float), convention (str, "" when the metric was computed normally,
+    else the name of the empty-mask convention that produced the value)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sgnet_lightning.data.cache import atomic_write_text
+from sgnet_lightning.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_FILE = "benchmark.json"
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.csv"
+COMPLETE_FILE = "COMPLETE"
+PREDICTIONS_DIR = "predictions"
+
+COLUMNS = ["model", "seed", "fold", "subject", "region", "metric", "value", "convention"]
+RUN_RESULTS_COLUMNS = ["subject", "region", "metric", "value", "convention"]
+# Values of the ``convention`` column that mean "no empty-mask convention was applied".
+NO_CONVENTION = {"", "none", "standard", "nan"}
+
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+_FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where one run lives and which model, seed and fold its folder name says it is."""
+
+    path: Path
+    model: str
+    seed: int
+    fold: int | None
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE_FILE).is_file()
+
+    def prediction_file(self, subject: str) -> Path:
+        return self.path / PREDICTIONS_DIR / f"{subject}.npz"
+
+
+def read_benchmark(bench_dir: str | os.PathLike) -> dict:
+    """The benchmark's ``benchmark.json`` (name, dataset, task, models, seeds, split, provenance)."""
+    path = Path(bench_dir) / BENCHMARK_FILE
+    if not path.is_file():
+        raise DataError("?", path, "not a benchmark folder: benchmark.json is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError("?", path, f"invalid JSON ({err})") from None
+
+
+def find_runs(bench_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
+    """All run folders of a benchmark, split into (complete, incomplete), each sorted by
+    model, seed and fold. Folders that do not follow the ``<model>/seed<k>[/fold<f>]`` layout
+    (a report folder, for instance) are not runs and are left alone."""
+    bench_dir = Path(bench_dir)
+    runs: list[RunDir] = []
+    for model_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
+        for seed_dir in model_dir.iterdir():
+            seed_match = _SEED_DIR.match(seed_dir.name)
+            if not (seed_dir.is_dir() and seed_match):
+                continue
+            seed = int(seed_match.group(1))
+            fold_dirs = [
+                (p, int(m.group(1)))
+                for p in seed_dir.iterdir()
+                if p.is_dir() and (m := _FOLD_DIR.match(p.name))
+            ]
+            if fold_dirs:
+                runs += [RunDir(path, model_dir.name, seed, fold) for path, fold in fold_dirs]
+            else:
+                runs.append(RunDir(seed_dir, model_dir.name, seed, None))
+    runs.sort(key=lambda r: (r.model, r.seed, -1 if r.fold is None else r.fold))
+    return [r for r in runs if r.complete], [r for r in runs if not r.complete]
+
+
+def complete_runs(bench_dir: str | os.PathLike) -> list[RunDir]:
+    """The complete runs; logs one warning naming the incomplete ones it ignores."""
+    bench_dir = Path(bench_dir)
+    complete, incomplete = find_runs(bench_dir)
+    if incomplete:
+        logger.warning(
+            "ignored %d incomplete run(s) of %s (no %s marker): %s",
+            len(incomplete),
+            bench_dir,
+            COMPLETE_FILE,
+            ", ".join(str(r.path.relative_to(bench_dir)) for r in incomplete),
+        )
+    return complete
+
+
+def read_run_info(run: RunDir) -> dict:
+    """A run's ``run.json``, checked against what its folder name says (model, seed, fold)."""
+    path = run.path / RUN_FILE
+    if not path.is_file():
+        raise DataError("?", path, "complete run without run.json")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError("?", path, f"invalid JSON ({err})") from None
+    stated = (info.get("model"), info.get("seed"), info.get("fold"))
+    if stated != (run.model, run.seed, run.fold):
+        raise DataError(
+            "?",
+            path,
+            f"says model/seed/fold {stated} but its folder says {(run.model, run.seed, run.fold)}",
+        )
+    return info
+
+
+def gather_runs(bench_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per complete run: model, seed, fold and every scalar field of its ``run.json``
+    (n_parameters, train_time_s, inference_time_s_per_volume, peak_memory_mb, deterministic,
+    device, commit, ...); nested fields (options, versions) are left out."""
+    rows = []
+    for run in find_runs(bench_dir)[0]:  # gather_results warns about the incomplete ones
+        info = read_run_info(run)
+        scalars = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}
+        rows.append({**scalars, "model": run.model, "seed": run.seed, "fold": run.fold})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["fold"] = table["fold"].astype("Int64")
+    return table
+
+
+def _read_run_results(run: RunDir) -> pd.DataFrame:
+    path = run.path / RESULTS_FILE
+    if not path.is_file():
+        raise DataError("?", path, "complete run without results.csv")
+    table = pd.read_csv(path, dtype={"subject": str, "region": str, "metric": str, "convention": str})
+    missing = [c for c in RUN_RESULTS_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError("?", path, f"missing column(s) {', '.join(missing)}")
+    duplicated = table.duplicated(["subject", "region", "metric"], keep=False)
+    if duplicated.any():
+        first = table[duplicated].iloc[0]
+        raise DataError(
+            first["subject"], path, f"{int(duplicated.sum())} rows repeat a subject/region/metric"
+        )
+    table = table[RUN_RESULTS_COLUMNS].copy()
+    table.insert(0, "model", run.model)
+    table.insert(1, "seed", run.seed)
+    table.insert(2, "fold", run.fold)
+    return table
+
+
+def _normalise(table: pd.DataFrame) -> pd.DataFrame:
+    """Fix the dtypes of a gathered table so a CSV round trip gives back an equal frame."""
+    table = table[COLUMNS].copy()
+    table["model"] = table["model"].astype(str)
+    table["seed"] = table["seed"].astype(int)
+    table["fold"] = table["fold"].astype("Int64")
+    for col in ("subject", "region", "metric"):
+        table[col] = table[col].astype(str)
+    table["value"] = pd.to_numeric(table["value"], errors="raise").astype(float)
+    convention = table["convention"].fillna("").astype(str).str.strip()
+    table["convention"] = convention.where(~convention.str.lower().isin(NO_CONVENTION), "")
+    return table.reset_index(drop=True)
+
+
+def gather_results(bench_dir: str | os.PathLike) -> pd.DataFrame:
+    """Concatenate the ``results.csv`` of every complete run of ``bench_dir`` (see module docstring
+    for the columns). Incomplete runs are ignored with a logged warning saying how many."""
+    runs = complete_runs(bench_dir)
+    if not runs:
+        raise DataError("?", bench_dir, "no complete run (no COMPLETE marker in any run folder)")
+    tables = []
+    for run in runs:
+        read_run_info(run)  # the folder and run.json must agree before its numbers are used
+        tables.append(_read_run_results(run))
+    return _normalise(pd.concat(tables, ignore_index=True))
+
+
+def load_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
+    """Results from a gathered CSV (as written by :func:`write_results`) or a benchmark folder."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        return gather_results(path)
+    if not path.is_file():
+        raise DataError("?", path, "no such results file or benchmark folder")
+    table = pd.read_csv(
+        path, dtype={"model": str, "subject": str, "region": str, "metric": str, "convention": str}
+    )
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError("?", path, f"missing column(s) {', '.join(missing)}")
+    return _normalise(table)
+
+
+def write_results(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a gathered table as CSV (``fold`` empty without folds), atomically."""
+    buffer = io.StringIO()
+    df[COLUMNS].to_csv(buffer, index=False)
+    atomic_write_text(path, buffer.getvalue())
