@@ -1,0 +1,231 @@
+"""Networks and their registry: parameter counts, shapes, gradients, the hard gate, attention maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sgnet_lightning.models import NetworkOutput, create_model, list_models
+from sgnet_lightning.models.registry import model_options
+from sgnet_lightning.models.sgnet import SpatialGate
+
+# small enough for a 2-core CPU, divisible by 16 (MONAI U-Nets) and 8 (the others)
+SIZE = (32, 32, 16)
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def setup_options(name: str, in_channels: int) -> dict:
+    """n_subregions for the networks that take it: 2 (core, edema) with 2 inputs, 3 (BraTS) with 4."""
+    return {"n_subregions": 2 if in_channels == 2 else 3} if "n_subregions" in model_options(name) else {}
+
+
+def randomise_gates(gates: nn.Module, seed: int = 0) -> None:
+    """Spread the gates' probabilities over (0, 1) so that some voxels are open and some closed
+    (new gates start open everywhere)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in gates.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+
+
+@pytest.mark.parametrize(
+    "name, options, expected",
+    [
+        ("unet", {}, 1_979_177),
+        ("attention_unet", {}, 5_909_545),
+        ("resunet", {}, 4_806_398),
+        ("sgnet", {"gate_mode": "none"}, 668_673),
+    ],
+)
+def test_paper_parameter_counts(name, options, expected):
+    assert n_params(create_model(name, 2, 1, **options)) == expected
+
+
+def test_segresnet_is_monais_brats_tutorial_network():
+    from monai.networks.nets import SegResNet
+
+    ours = create_model("segresnet", 4, 3)
+    monai_net = SegResNet(blocks_down=[1, 2, 2, 4], blocks_up=[1, 1, 1], init_filters=16, in_channels=4,
+                          out_channels=3, dropout_prob=0.2)
+    # same modules, same state-dict keys: checkpoints move between the two
+    assert ours.state_dict().keys() == monai_net.state_dict().keys()
+    assert n_params(ours) == n_params(monai_net) == 4_702_227
+
+
+@pytest.mark.parametrize("gate_mode", ["hard", "soft"])
+def test_sgnet_gates_add_under_one_percent(gate_mode):
+    body = create_model("sgnet", 2, 1, gate_mode="none")
+    gated = create_model("sgnet", 2, 1, gate_mode=gate_mode)
+    overhead = n_params(gated) - n_params(body)
+    assert overhead == n_params(gated.gates) > 0
+    assert overhead / n_params(body) < 0.01
+    # the gates sit beside the body: the body's weights load into the gated network unchanged
+    missing, unexpected = gated.load_state_dict(body.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("gates.") for key in missing)
+
+
+@pytest.mark.parametrize("in_channels, out_channels, n_subregions", [(4, 3, 3), (2, 1, 2)])
+def test_segguidednet_gates_add_under_0_2_percent(in_channels, out_channels, n_subregions):
+    net = create_model("segguidednet", in_channels, out_channels, n_subregions=n_subregions)
+    gate_params = sum(n_params(stage.gate) for stage in net.decoders)
+    assert gate_params > 0
+    assert gate_params / (n_params(net) - gate_params) < 0.002
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(2, 1), (4, 3)])
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name, in_channels, out_channels):
+    torch.manual_seed(0)
+    net = create_model(name, in_channels, out_channels, **setup_options(name, in_channels)).train()
+    x = torch.randn(2, in_channels, *SIZE)
+    out = net(x)
+    assert isinstance(out, NetworkOutput)
+    assert out.logits.shape == (2, out_channels, *SIZE)
+    assert torch.isfinite(out.logits).all()
+    target = (torch.rand_like(out.logits) > 0.5).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(out.logits, target)
+    loss.backward()
+    for param_name, param in net.named_parameters():
+        assert param.grad is not None, f"{name}: {param_name} gets no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_input_size_not_divisible_is_refused(name):
+    net = create_model(name, 2, 1, **setup_options(name, 2))
+    with pytest.raises(ValueError, match="divisible by"):
+        net(torch.zeros(1, 2, 32, 32, 12))
+
+
+def test_hard_gate_is_exactly_zero_where_closed_and_passes_gating_channels():
+    torch.manual_seed(0)
+    gate = SpatialGate(skip_channels=16, context_channels=32, mode="hard", threshold=0.5,
+                       gate_channel_fraction=0.25)
+    randomise_gates(gate)
+    skip = torch.randn(2, 16, 8, 8, 8)
+    context = torch.randn(2, 32, 4, 4, 4)
+    gated, g = gate(skip, context)
+    assert g.shape == (2, 1, 8, 8, 8)
+    assert set(g.unique().tolist()) == {0.0, 1.0}  # exact 0/1, and both occur
+    closed = (g == 0).expand(-1, 12, -1, -1, -1)
+    value_in, value_out = skip[:, 4:], gated[:, 4:]
+    assert (value_out[closed] == 0).all()
+    assert torch.equal(value_out[~closed], value_in[~closed])
+    assert torch.equal(gated[:, :4], skip[:, :4])  # the gating part passes unchanged
+
+
+def test_hard_gate_weights_learn_through_the_straight_through_estimator():
+    torch.manual_seed(0)
+    net = create_model("sgnet", 2, 1)
+    randomise_gates(net.gates)
+    out = net(torch.randn(2, 2, *SIZE))
+    assert any(0 < f < 1 for f in net.last_open_fractions)  # some voxels closed, some open
+    for g in out.gate_maps:
+        assert set(g.unique().tolist()) <= {0.0, 1.0}
+    out.logits.square().mean().backward()
+    for name, param in net.gates.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"gate parameter {name} does not learn"
+
+
+def test_raising_gate_threshold_never_opens_more_voxels():
+    torch.manual_seed(0)
+    reference = create_model("sgnet", 2, 1, gate_threshold=0.5)
+    randomise_gates(reference.gates)
+    x = torch.randn(2, 2, *SIZE)
+    previous, totals = None, []
+    for threshold in (0.1, 0.3, 0.5, 0.7, 0.9):
+        net = create_model("sgnet", 2, 1, gate_threshold=threshold)
+        net.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            gates = net.eval()(x).gate_maps
+        if previous is not None:
+            for low, high in zip(previous, gates):
+                assert not (high > low).any(), f"threshold {threshold} opened a voxel closed at a lower one"
+        previous = gates
+        totals.append(sum(int(g.sum()) for g in gates))
+    assert totals[0] > totals[-1]  # the threshold does close voxels
+
+
+def test_gates_start_open():
+    torch.manual_seed(0)
+    for threshold in (0.1, 0.5, 0.9):
+        net = create_model("sgnet", 2, 1, gate_threshold=threshold)
+        out = net(torch.randn(2, 2, *SIZE))
+        assert net.last_open_fractions == out.open_fractions() == [1.0, 1.0, 1.0]
+
+
+def test_soft_and_none_modes():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, *SIZE)
+    soft = create_model("sgnet", 2, 1, gate_mode="soft")
+    randomise_gates(soft.gates)
+    gates = soft(x).gate_maps
+    assert [g.shape[2:] for g in gates] == [(8, 8, 4), (16, 16, 8), (32, 32, 16)]
+    values = torch.cat([g.flatten() for g in gates])
+    assert values.min() >= 0 and values.max() <= 1
+    assert ((values > 0.01) & (values < 0.99)).any()  # continuous, not 0/1
+
+    body = create_model("sgnet", 2, 1, gate_mode="none")
+    out = body(x)
+    assert out.gate_maps == () and body.last_open_fractions == [] and body.gates is None
+    # an open hard gate is the identity: with the body's weights the gated net computes the body
+    hard = create_model("sgnet", 2, 1)
+    hard.load_state_dict(body.state_dict(), strict=False)
+    body.eval(), hard.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hard(x).logits, body(x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, -0.2, "0.5", True])
+def test_gate_threshold_is_validated(value):
+    with pytest.raises(ValueError, match="gate_threshold"):
+        create_model("sgnet", 2, 1, gate_threshold=value)
+
+
+def test_gate_mode_is_validated():
+    with pytest.raises(ValueError, match="gate_mode"):
+        create_model("sgnet", 2, 1, gate_mode="binary")
+
+
+@pytest.mark.parametrize("in_channels, out_channels, n_subregions", [(4, 3, 3), (2, 1, 2)])
+def test_segguidednet_attention_maps(in_channels, out_channels, n_subregions):
+    torch.manual_seed(0)
+    net = create_model("segguidednet", in_channels, out_channels, n_subregions=n_subregions)
+    out = net(torch.randn(1, in_channels, *SIZE))
+    # one map per sub-region after each of the three decoder stages, coarsest first
+    assert [tuple(a.shape) for a in out.attention_maps] == [
+        (1, n_subregions, 8, 8, 4), (1, n_subregions, 16, 16, 8), (1, n_subregions, *SIZE)
+    ]
+    for a in out.attention_maps:
+        assert a.min() >= 0 and a.max() <= 1
+    # the maps are differentiable, so the auxiliary loss reaches the gates
+    sum(a.mean() for a in out.attention_maps).backward()
+    assert all(stage.gate.proj.weight.grad.abs().sum() > 0 for stage in net.decoders)
+
+
+def test_segguidednet_size_options():
+    net = create_model("segguidednet", 4, 3, base_channels=8, depth=3)
+    out = net(torch.randn(1, 4, 16, 16, 8))
+    assert len(out.attention_maps) == 2 and out.logits.shape == (1, 3, 16, 16, 8)
+    with pytest.raises(ValueError, match="depth"):
+        create_model("segguidednet", 4, 3, depth=1)
+
+
+def test_create_model_errors_and_none_options():
+    with pytest.raises(ValueError, match="unknown model 'vnet'.*sgnet.*unet"):
+        create_model("vnet", 2, 1)
+    with pytest.raises(ValueError, match="model 'unet' has no option 'gate_threshold'"):
+        create_model("unet", 2, 1, gate_threshold=0.5)
+    # None means "keep the default": a config may carry every option of every network
+    net = create_model("sgnet", 2, 1, gate_threshold=None, gate_mode=None, channels=None)
+    assert net.gate_mode == "hard" and net.gates[0].threshold == 0.5
+
+
+def test_list_models_is_sorted_and_complete():
+    names = list_models()
+    assert names == sorted(names)
+    assert {"unet", "attention_unet", "resunet", "segresnet", "sgnet", "segguidednet"} <= set(names)
