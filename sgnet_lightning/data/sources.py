@@ -1,0 +1,340 @@
+"""Where the subjects of each data set are on disk, and how their labels become one label map.
+
+A :class:`DatasetSource` knows one data set's file naming and label convention (see
+:mod:`sgnet_lightning.data.labels`):
+
+- ``bml`` (Brain-Mets-Lung-MRI-Path-Segs): ``<case>_t1ce_img``, ``<case>_flair_img``,
+  ``<case>_core_seg``, ``<case>_whole_seg``, ``.nii`` or ``.nii.gz``. Copies circulate with other
+  folder layouts and extra name parts, so files are found at any depth by the name part alone; the
+  subject ID is the file-name prefix before it (the folder name when there is no prefix). Either
+  label may be missing. FLAIR and ``whole_seg`` may lie on another grid than T1CE.
+- ``brats2021``: ``BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``.
+- ``brats2023``: ``BraTS-GLI-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz`` and the same scheme with
+  ``MET`` (and the other 2023 cohorts' codes) in place of ``GLI``.
+
+Discovery never reads voxel data; :mod:`sgnet_lightning.data.validate` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sgnet_lightning.data.io import load_nifti, resample_to_grid
+from sgnet_lightning.data.labels import LABEL_VALUES, Task
+from sgnet_lightning.errors import ConfigError, DataError
+
+_NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """The files of one subject.
+
+    Attributes:
+        subject: subject ID.
+        images: modality -> file, in the data set's channel order.
+        labels: label name -> file (``bml``: ``"whole"``, ``"core"``; BraTS: ``"seg"``), only those
+            present.
+    """
+
+    subject: str
+    images: dict[str, Path]
+    labels: dict[str, Path] = field(default_factory=dict)
+
+    def files(self) -> dict[str, Path]:
+        """Every file of the subject by role (modality, or ``label_<name>``)."""
+        return {**self.images, **{f"label_{name}": path for name, path in self.labels.items()}}
+
+
+class DatasetSource:
+    """One data set's naming, channel order and label convention.
+
+    Attributes:
+        name: data set name (a key of :data:`SOURCES`).
+        modalities: channel order of the network input.
+        reference_modality: the modality whose grid every other file is resampled onto.
+        label_parts: label name -> the file-name part that marks that label file.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    reference_modality: str
+    label_parts: dict[str, str]
+    naming_hint: str  # for "nothing found" messages
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.label_parts)
+
+    def required_labels(self, task: Task) -> tuple[str, ...]:
+        """Label files a subject needs to be trained and scored on for ``task``."""
+        return task.required_labels or self.label_names
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
+        """``(subject, part)`` for a file of this data set (part: a modality or a label part), or
+        None for any other file."""
+        raise NotImplementedError
+
+    def discover(self, root: str | os.PathLike, exclude=()) -> list[SubjectRecord]:
+        """Find every subject under ``root`` (any folder depth), sorted by subject ID.
+
+        Args:
+            root: data folder.
+            exclude: subject IDs to leave out (e.g. known-incomplete cases).
+
+        Raises:
+            DataError: the folder is missing or holds no subject of this data set; two files claim
+                the same subject and part; subjects lack a modality (all of them are named).
+        """
+        root = Path(root)
+        if not root.is_dir():
+            problem = "data folder does not exist" if not root.exists() else "is not a folder"
+            raise DataError("?", root, problem)
+        excluded = set(exclude)
+        found: dict[str, dict[str, Path]] = {}
+        n_other_nifti = 0
+        for path in _walk_nifti_files(root):
+            matched = self.match(path.name, path.parent)
+            if matched is None:
+                n_other_nifti += 1
+                continue
+            subject, part = matched
+            if subject in excluded:
+                continue
+            parts = found.setdefault(subject, {})
+            if part in parts:
+                raise DataError(
+                    subject, path, f"duplicate {part} file for one subject: {parts[part]} and {path}"
+                )
+            parts[part] = path
+        if not found:
+            raise DataError(
+                "?",
+                root,
+                f"no {self.name} subjects found (expected files named like {self.naming_hint}; "
+                f"{n_other_nifti} other NIfTI files seen)",
+            )
+
+        records, incomplete = [], []
+        for subject in sorted(found):
+            parts = found[subject]
+            missing = [m for m in self.modalities if m not in parts]
+            if missing:
+                incomplete.append((subject, missing, parts))
+                continue
+            labels = {n: parts[p] for n, p in self.label_parts.items() if p in parts}
+            records.append(SubjectRecord(subject, {m: parts[m] for m in self.modalities}, labels))
+        if incomplete:
+            subject, missing, parts = incomplete[0]
+            others = [s for s, _, _ in incomplete[1:]]
+            more = ""
+            if others:
+                listed = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+                more = f"; {len(others)} more subjects lack a modality: {listed}"
+            folder = Path(os.path.commonpath([str(p.parent) for p in parts.values()]))
+            raise DataError(
+                subject,
+                folder,
+                f"missing modality {', '.join(missing)} (found {', '.join(sorted(parts))}){more}; "
+                "fix the files or exclude these subjects",
+            )
+        return records
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
+        """What is wrong with the distinct values ``values`` of label file ``name``, as
+        ``(problem, fatal)`` pairs; empty when nothing is."""
+        raise NotImplementedError
+
+    def load_label_map(self, record: SubjectRecord, reference_img) -> np.ndarray | None:
+        """The canonical label map (uint8, (X, Y, Z)) on the grid of ``reference_img``.
+
+        Args:
+            record: the subject's files.
+            reference_img: a nibabel image or a ``(shape, affine)`` pair giving the target grid;
+                label files on another grid are resampled onto it by world position (nearest
+                neighbour).
+
+        Returns:
+            The map, or None when the subject has no label file.
+
+        Raises:
+            DataError: unreadable label file, or values outside the data set's convention.
+        """
+        raise NotImplementedError
+
+    def _read_label(self, record: SubjectRecord, name: str, grid) -> np.ndarray:
+        """One label file's values checked and put on ``grid`` = (shape, affine) (nearest)."""
+        path = record.labels[name]
+        img = load_nifti(path, record.subject, self.label_parts[name], label=True)
+        data = np.asanyarray(img.dataobj)
+        for problem, fatal in self.label_value_problems(name, np.unique(data)):
+            if fatal:
+                raise DataError(record.subject, path, f"{self.label_parts[name]} {problem}")
+        data = self._label_values_to_canonical(name, data)
+        return resample_to_grid(data, img.affine, grid[0], grid[1], order=0)
+
+    def _label_values_to_canonical(self, name: str, data: np.ndarray) -> np.ndarray:
+        return data.astype(np.uint8)
+
+
+def _walk_nifti_files(root: Path):
+    """Every ``.nii``/``.nii.gz`` file under ``root`` in a stable order, skipping hidden files and
+    folders (e.g. macOS ``._`` copies) and following folder links without looping."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and _NIFTI_SUFFIX.search(name):
+                yield Path(dirpath) / name
+
+
+def _stem(file_name: str) -> str:
+    return _NIFTI_SUFFIX.sub("", file_name)
+
+
+def _non_integer_problem(values: np.ndarray) -> tuple[str, bool] | None:
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.floating):
+        fractional = values[np.isfinite(values) & (np.mod(values, 1) != 0)]
+        if fractional.size:
+            return (
+                f"holds non-integer values (e.g. {fractional[0]:g}); expected integer labels",
+                True,
+            )
+    return None
+
+
+class BmlSource(DatasetSource):
+    """Brain-Mets-Lung-MRI-Path-Segs: T1CE + FLAIR, binary whole-tumour and core masks."""
+
+    name = "bml"
+    modalities = ("t1ce", "flair")
+    reference_modality = "t1ce"
+    label_parts = {"whole": "whole_seg", "core": "core_seg"}
+    naming_hint = "<case>_t1ce_img.nii.gz, <case>_flair_img.nii.gz, <case>_whole_seg.nii.gz"
+    # a name part is delimited by _ - . or space (or the ends of the name)
+    _PART = re.compile(r"(?:^|(?<=[_\-. ]))(t1ce|flair|core_seg|whole_seg)(?=[_\-. ]|$)", re.I)
+
+    def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
+        stem = _stem(file_name)
+        found = self._PART.search(stem)
+        if found is None:
+            return None
+        subject = stem[: found.start(1)].rstrip("_-. ") or folder.name
+        return subject, found.group(1).lower()
+
+    def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
+        if (non_integer := _non_integer_problem(values)) is not None:
+            return [non_integer]
+        nonzero = [v for v in np.asarray(values).tolist() if v != 0]
+        if len(nonzero) <= 1 and all(v > 0 for v in nonzero):
+            if nonzero and nonzero[0] != 1:
+                # a 0/255 mask is common and unambiguous: read it as 0/1, but say so
+                return [(f"is a 0/{nonzero[0]:g} mask, read as 0/1", False)]
+            return []
+        shown = ", ".join(f"{v:g}" for v in nonzero[:10])
+        return [(f"holds values {shown}; expected a binary 0/1 mask", True)]
+
+    def _label_values_to_canonical(self, name: str, data: np.ndarray) -> np.ndarray:
+        return (data > 0).astype(np.uint8)
+
+    def load_label_map(self, record: SubjectRecord, reference_img) -> np.ndarray | None:
+        """0 background, 1 whole tumour outside the core (edema), 2 core (see ``labels.py``).
+
+        Without ``core_seg`` the whole tumour is 1; without ``whole_seg`` the core is 2 (the
+        manifest's ``labels_present`` keeps such subjects away from tasks that need the other).
+        """
+        if not record.labels:
+            return None
+        grid = _grid_of(reference_img)
+        label_map = np.zeros(grid[0], dtype=np.uint8)
+        if "whole" in record.labels:
+            label_map[self._read_label(record, "whole", grid) > 0] = 1
+        if "core" in record.labels:
+            label_map[self._read_label(record, "core", grid) > 0] = 2
+        return label_map
+
+
+class BratsSource(DatasetSource):
+    """BraTS 2021 or 2023: four co-registered modalities and one multi-class ``seg`` file."""
+
+    label_parts = {"seg": "seg"}
+
+    def __init__(self, name: str, modalities: tuple[str, ...], reference: str, pattern: str, hint: str):
+        self.name, self.modalities, self.reference_modality = name, modalities, reference
+        self._pattern = re.compile(pattern, re.IGNORECASE)
+        self.naming_hint = hint
+
+    def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
+        found = self._pattern.match(file_name)
+        return (found.group("subject"), found.group("part").lower()) if found else None
+
+    def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
+        if (non_integer := _non_integer_problem(values)) is not None:
+            return [non_integer]
+        allowed = LABEL_VALUES[self.name]
+        outside = [v for v in np.asarray(values).tolist() if v not in allowed]
+        if not outside:
+            return []
+        hint = ""
+        if self.name == "brats2023" and 4 in outside:
+            hint = " (BraTS 2021 writes ET as 4: wrong data set, or remap 4 -> 3)"
+        if self.name == "brats2021" and 3 in outside:
+            hint = " (BraTS 2023 writes ET as 3: wrong data set?)"
+        shown = ", ".join(f"{v:g}" for v in outside[:10])
+        expected = ", ".join(str(v) for v in allowed)
+        return [(f"holds values {shown} outside {self.name}'s labels ({expected}){hint}", True)]
+
+    def load_label_map(self, record: SubjectRecord, reference_img) -> np.ndarray | None:
+        """The ``seg`` file's values (already the canonical map) on the reference grid."""
+        if "seg" not in record.labels:
+            return None
+        return self._read_label(record, "seg", _grid_of(reference_img))
+
+
+def _grid_of(reference_img) -> tuple[tuple[int, int, int], np.ndarray]:
+    if isinstance(reference_img, tuple):
+        shape, affine = reference_img
+    else:
+        shape, affine = reference_img.shape, reference_img.affine
+    return tuple(int(s) for s in shape[:3]), np.asarray(affine, dtype=np.float64)
+
+
+SOURCES: dict[str, DatasetSource] = {
+    "bml": BmlSource(),
+    "brats2021": BratsSource(
+        "brats2021",
+        ("t1", "t1ce", "t2", "flair"),
+        "t1ce",
+        r"^(?P<subject>BraTS2021_\d+)_(?P<part>t1|t1ce|t2|flair|seg)\.nii(\.gz)?$",
+        "BraTS2021_00000_t1ce.nii.gz",
+    ),
+    "brats2023": BratsSource(
+        "brats2023",
+        ("t1n", "t1c", "t2w", "t2f"),
+        "t1c",
+        r"^(?P<subject>BraTS-[A-Za-z]+-\d+-\d+)-(?P<part>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$",
+        "BraTS-GLI-00000-000-t1c.nii.gz or BraTS-MET-00000-000-t1c.nii.gz",
+    ),
+}
+
+
+def get_source(name: str) -> DatasetSource:
+    """The :class:`DatasetSource` of data set ``name``."""
+    if name not in SOURCES:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
+    return SOURCES[name]
