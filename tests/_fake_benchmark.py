@@ -81,7 +81,8 @@ def _hd95(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _scores(pred: np.ndarray, ref: np.ndarray) -> tuple[dict[str, float], str]:
-    """Dice, precision, recall, hd95_mm of one region and the empty-mask convention used ("")."""
+    """Dice, precision, recall, hd95_mm of one region and the empty-mask case, written the way
+    :mod:`sgnet_lightning.evaluation.evaluate` writes the ``convention`` column."""
     pred, ref = pred.astype(bool), ref.astype(bool)
     if not pred.any() and not ref.any():
         return {"dice": 1.0, "precision": 1.0, "recall": 1.0, "hd95_mm": 0.0}, "both_empty"
@@ -94,7 +95,7 @@ def _scores(pred: np.ndarray, ref: np.ndarray) -> tuple[dict[str, float], str]:
         "precision": tp / pred.sum(),
         "recall": tp / ref.sum(),
         "hd95_mm": _hd95(pred, ref),
-    }, ""
+    }, "both_present"
 
 
 def write_fake_benchmark(
@@ -102,10 +103,12 @@ def write_fake_benchmark(
     n_subjects: int = 5,
     seeds: tuple[int, ...] = (0, 1),
     with_incomplete_run: bool = True,
+    models: tuple[str, ...] = tuple(MODELS),
 ) -> Path:
-    """Write ``root/cache`` and ``root/bench``; returns the benchmark folder.
+    """Write ``root/cache`` and ``root/bench`` for ``models`` (a subset of :data:`MODELS`); returns
+    the benchmark folder.
 
-    With ``with_incomplete_run`` a run ``unet/seed<max+1>`` is written without its COMPLETE marker
+    With ``with_incomplete_run`` a run ``<first model>/seed<max+1>`` is written without its COMPLETE marker
     (it must be ignored by everything that reads the folder).
     """
     root = Path(root)
@@ -124,16 +127,16 @@ def write_fake_benchmark(
     atomic_write_json(bench / "benchmark.json", {
         "name": "fake", "dataset": "brats2023", "task": "regions", "manifest": "manifest.csv",
         "cache_dir": str(cache_dir),
-        "models": {m: {"network": v["network"], "options": v["options"]} for m, v in MODELS.items()},
+        "models": {m: {"network": MODELS[m]["network"], "options": MODELS[m]["options"]} for m in models},
         "seeds": list(seeds), "folds": None,
         "split": {"kind": "fixed", "test": subjects},
         "commit": "0123abc", "versions": {"torch": "2.13.0", "monai": "1.6.1"},
         "hardware": {"gpu": "none (fake)", "cpus": 2},
     })  # fmt: skip
 
-    runs = [(m, s, True) for m in MODELS for s in seeds]
+    runs = [(m, s, True) for m in models for s in seeds]
     if with_incomplete_run:
-        runs.append(("unet", max(seeds) + 1, False))
+        runs.append((models[0], max(seeds) + 1, False))
     for model, seed, complete in runs:
         run_dir = bench / model / f"seed{seed}"
         rng = np.random.default_rng([seed, list(MODELS).index(model)])
@@ -149,7 +152,11 @@ def write_fake_benchmark(
             np.savez_compressed(run_dir / "predictions" / f"{subject}.npz", **arrays)
             for r, region in enumerate(TASK.region_names):
                 scores, convention = _scores(pred[r], ref_regions[r])
-                rows += [f"{subject},{region},{k},{float(v)!r},{convention}" for k, v in scores.items()]
+                for metric, value in scores.items():
+                    note = convention
+                    if metric == "hd95_mm" and convention in ("pred_empty", "ref_empty"):
+                        note += f";penalty_mm={HD95_PENALTY_MM:g}"
+                    rows.append(f"{subject},{region},{metric},{float(value)!r},{note}")
         (run_dir / "results.csv").write_text("\n".join(rows) + "\n")
         atomic_write_json(run_dir / "run.json", {
             "model": model, "network": MODELS[model]["network"], "options": MODELS[model]["options"],

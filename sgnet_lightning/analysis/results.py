@@ -11,8 +11,10 @@ A run counts only once its ``COMPLETE`` marker exists (the runner writes it last
 The gathered table has one row per model x seed x fold x subject x region x metric:
 
     model (str), seed (int), fold (Int64, <NA> without folds), subject (str), region (str),
-    metric (str), value (float), convention (str, "" when the metric was computed normally,
-    else the name of the empty-mask convention that produced the value)
+    metric (str), value (float), convention (str, as the evaluator wrote it: the empty-mask case
+    first, e.g. ``both_present``, ``both_empty``, ``pred_empty``, ``ref_empty``,
+    ``no_scored_lesions``, then after ``;`` the settings that shaped the value; see
+    :mod:`sgnet_lightning.evaluation.evaluate`)
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ PREDICTIONS_DIR = "predictions"
 
 COLUMNS = ["model", "seed", "fold", "subject", "region", "metric", "value", "convention"]
 RUN_RESULTS_COLUMNS = ["subject", "region", "metric", "value", "convention"]
-# Values of the ``convention`` column that mean "no empty-mask convention was applied".
-NO_CONVENTION = {"", "none", "standard", "nan"}
+# Empty-mask cases in which every metric kept its plain definition (``both_present`` is
+# sgnet_lightning.evaluation.metrics.BOTH_PRESENT; "" for results written without the column filled).
+PLAIN_CASES = frozenset({"", "both_present"})
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -179,9 +182,13 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     for col in ("subject", "region", "metric"):
         table[col] = table[col].astype(str)
     table["value"] = pd.to_numeric(table["value"], errors="raise").astype(float)
-    convention = table["convention"].fillna("").astype(str).str.strip()
-    table["convention"] = convention.where(~convention.str.lower().isin(NO_CONVENTION), "")
+    table["convention"] = table["convention"].fillna("").astype(str)
     return table.reset_index(drop=True)
+
+
+def convention_case(convention: pd.Series) -> pd.Series:
+    """The empty-mask case of each ``convention`` entry (the part before the first ``;``)."""
+    return convention.fillna("").astype(str).str.split(";").str[0].str.strip()
 
 
 def gather_results(bench_dir: str | os.PathLike) -> pd.DataFrame:

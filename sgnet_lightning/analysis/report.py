@@ -1,0 +1,848 @@
+"""``sgnet report``: one HTML file and its Markdown twin, built only from a benchmark folder.
+
+Everything shown is computed here from what the benchmark folder holds (and the cache it names):
+the per-subject ``results.csv`` of every complete run (gathered), ``run.json`` (parameters and
+timings), the saved predictions and attention maps, and the cached images and reference labels. No
+number is typed in or simulated, so rebuilding from the same folder gives the same report byte for
+byte (no build time is stamped; the date shown is when the runs finished).
+
+Files written into ``out_dir`` (each atomically):
+
+    report.html            self-contained: figures embedded as base64 PNG, no script, no link
+    report.md              the same content; figures as ``figures/<name>.png`` beside it
+    results.csv            the gathered per-subject table the report was built from
+    stats.csv, stats.json  :func:`sgnet_lightning.analysis.stats.compute_stats` (+ pairwise matrices)
+    pairwise_dice_<region>.csv
+    attention_overlap.csv  per run x subject x sub-region Dice of thresholded attention maps (when
+                           a model saved attention maps)
+
+Images are drawn in the cached grid (RAS, so an axial slice is ``[:, :, z]``); they are shown with
+the patient's right on the right of the picture (neurological convention).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from sgnet_lightning.analysis.results import (
+    COMPLETE_FILE,
+    PLAIN_CASES,
+    RunDir,
+    convention_case,
+    find_runs,
+    gather_results,
+    gather_runs,
+    read_benchmark,
+    write_results,
+)
+from sgnet_lightning.analysis.stats import (
+    METHODS,
+    compute_stats,
+    pairwise_wilcoxon,
+    seed_means,
+    subject_values,
+    write_stats,
+)
+from sgnet_lightning.data import cache
+from sgnet_lightning.data.labels import Task, get_task, label_map_to_masks
+from sgnet_lightning.errors import DataError, SgnetError
+from sgnet_lightning.evaluation import higher_is_better
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_THRESHOLD = 0.5
+# Metrics of the results table and the comparisons, in this order, where the results have them.
+# (volume_pred_ml / volume_ref_ml are descriptive and stay in stats.csv only.)
+TABLE_METRICS = [
+    "dice", "precision", "recall", "hd95_mm", "assd_mm", "nsd",
+    "lesion_dice", "lesion_hd95_mm", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp",
+]  # fmt: skip
+BOX_METRICS = ["dice", "precision", "recall", "hd95_mm", "lesion_dice", "lesion_f1"]
+METRIC_LABELS = {
+    "dice": "Dice", "precision": "Precision", "recall": "Recall", "hd95_mm": "HD95 (mm)",
+    "assd_mm": "ASSD (mm)", "nsd": "NSD", "lesion_dice": "Lesion-wise Dice",
+    "lesion_hd95_mm": "Lesion-wise HD95 (mm)", "lesion_f1": "Lesion F1", "lesion_tp": "Lesions TP",
+    "lesion_fn": "Lesions FN", "lesion_fp": "Lesions FP",
+}  # fmt: skip
+FIGURE_DPI = 100
+MISSING = "–"
+
+
+# -- the document: sections of paragraphs, tables and figures, rendered twice ---------------------
+@dataclass
+class Table:
+    frame: pd.DataFrame
+    caption: str = ""
+
+
+@dataclass
+class Plot:
+    name: str  # file stem of the Markdown twin's PNG
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list  # of str (a paragraph), Table or Plot
+
+
+def _png(fig: Figure) -> bytes:
+    """PNG bytes of a figure; no software/date metadata, so identical input gives identical bytes.
+    (``bbox_inches="tight"``: panels of fixed aspect can leave titles outside the figure otherwise.)"""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, metadata={"Software": None}, bbox_inches="tight",
+                pad_inches=0.05)
+    return buffer.getvalue()
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA:
+        return MISSING
+    return f"{value:.{digits}f}"
+
+
+def _fmt_p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _digits(metric: str) -> int:
+    return 2 if metric.endswith("_mm") or metric in ("lesion_tp", "lesion_fn", "lesion_fp") else 3
+
+
+def _metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+# -- what the benchmark folder holds --------------------------------------------------------------
+@dataclass
+class Benchmark:
+    """Everything the report reads, loaded once."""
+
+    path: Path
+    info: dict  # benchmark.json
+    task: Task
+    models: list[str]  # benchmark.json order, only models with results
+    regions: list[str]
+    complete: list[RunDir]
+    incomplete: list[RunDir]
+    results: pd.DataFrame
+    runs: pd.DataFrame  # one row per complete run (run.json scalars)
+    cache_dir: Path | None  # None when the cache named in benchmark.json is not found
+
+    def runs_of(self, model: str) -> list[RunDir]:
+        return [r for r in self.complete if r.model == model]
+
+
+def _resolve_cache_dir(bench_dir: Path, cache_dir: str | None) -> Path | None:
+    """The cache folder of ``benchmark.json``; a relative path is tried against the working folder and
+    against the folder the benchmark root (``runs/``) sits in, where ``sgnet benchmark`` runs from."""
+    if not cache_dir:
+        return None
+    path = Path(cache_dir)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, bench_dir.resolve().parent.parent / path]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def load_benchmark_folder(bench_dir: str | os.PathLike) -> Benchmark:
+    bench_dir = Path(bench_dir)
+    info = read_benchmark(bench_dir)
+    complete, incomplete = find_runs(bench_dir)
+    results = gather_results(bench_dir)
+    present = list(dict.fromkeys(results["model"]))
+    models = [m for m in info.get("models", {}) if m in present] + sorted(
+        m for m in present if m not in info.get("models", {})
+    )
+    task = get_task(info["dataset"], info.get("task"))
+    in_results = set(results["region"])
+    regions = [r for r in task.region_names if r in in_results] + sorted(in_results - set(task.region_names))
+    cache_dir = _resolve_cache_dir(bench_dir, info.get("cache_dir"))
+    if cache_dir is None:
+        logger.warning("cache %s not found: the report leaves out example slices and attention maps",
+                       info.get("cache_dir"))  # fmt: skip
+    return Benchmark(bench_dir, info, task, models, regions, complete, incomplete, results,
+                     gather_runs(bench_dir), cache_dir)  # fmt: skip
+
+
+def _results_date(runs: list[RunDir]) -> str:
+    """First and last completion time of the runs: the timestamp inside ``COMPLETE`` (written by
+    ``sgnet benchmark``), else the marker's modification time (UTC)."""
+    stamps = []
+    for run in runs:
+        marker = run.path / COMPLETE_FILE
+        text = marker.read_text().strip()
+        try:
+            stamps.append(datetime.datetime.fromisoformat(text).replace(tzinfo=None))
+        except ValueError:
+            mtime = marker.stat().st_mtime
+            stamps.append(datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).replace(tzinfo=None))
+    first, last = (stamp.strftime("%Y-%m-%d %H:%M") for stamp in (min(stamps), max(stamps)))
+    return first if first == last else f"{first} to {last}"
+
+
+def _compact(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) or MISSING
+    if isinstance(value, list):
+        return ", ".join(_compact(v) for v in value) or MISSING
+    return MISSING if value is None else str(value)
+
+
+# -- sections --------------------------------------------------------------------------------------
+def _header(bench: Benchmark, reference: str, n_bootstrap: int) -> Section:
+    info = bench.info
+    subjects = bench.results["subject"].nunique()
+    items = [
+        ("dataset", f"{info.get('dataset')} (task {bench.task.name}: regions {', '.join(bench.regions)})"),
+        ("models", "; ".join(
+            f"{m} = {info.get('models', {}).get(m, {}).get('network', '?')}"
+            + (f" ({_compact(info['models'][m].get('options'))})" if info.get("models", {}).get(m, {}).get("options") else "")
+            for m in bench.models)),
+        ("reference model", reference),
+        ("seeds", _compact(info.get("seeds"))),
+        ("folds", _compact(info.get("folds")) if info.get("folds") else "none (fixed split)"),
+        ("split", _compact(info.get("split"))),
+        ("manifest", _compact(info.get("manifest"))),
+        ("test subjects", str(subjects)),
+        ("runs", f"{len(bench.complete)} complete; {len(bench.incomplete)} incomplete ignored"
+                 + (f" ({', '.join(str(r.path.relative_to(bench.path)) for r in bench.incomplete)})"
+                    if bench.incomplete else "")),
+        ("results dated", _results_date(bench.complete)),
+        ("commit", _compact(info.get("commit"))),
+        ("versions", _compact(info.get("versions"))),
+        ("hardware", _compact(info.get("hardware"))),
+        ("statistics", f"bootstrap {n_bootstrap} resamples, seed 0; " + METHODS["wilcoxon"]),
+    ]  # fmt: skip
+    if "commit" in bench.runs:
+        commits = sorted(set(bench.runs["commit"].dropna()) - {info.get("commit")})
+        if commits:
+            items.append(("run commits differing from the benchmark's", ", ".join(commits)))
+    return Section("Benchmark", [
+        f"Built from {bench.path.name}/ only: every number and figure below is computed from its "
+        "per-subject results, run records, predictions and the cache it names.",
+        Table(pd.DataFrame(items, columns=["item", "value"])),
+    ])  # fmt: skip
+
+
+def _cost_columns(bench: Benchmark, model: str) -> dict[str, str]:
+    runs = bench.runs[bench.runs["model"] == model] if not bench.runs.empty else bench.runs
+
+    def mean_sd(column: str, scale: float, unit: str, digits: int) -> str:
+        if column not in runs or runs[column].dropna().empty:
+            return MISSING
+        values = runs[column].dropna().astype(float) / scale
+        sd = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+        return f"{values.mean():.{digits}f}{sd} {unit}"
+
+    params = sorted(set(runs["n_parameters"].dropna().astype(int))) if "n_parameters" in runs else []
+    return {
+        "parameters": " / ".join(f"{p:,}" for p in params) or MISSING,
+        "training time": mean_sd("train_time_s", 60.0, "min", 1),
+        "inference per volume": mean_sd("inference_time_s_per_volume", 1.0, "s", 2),
+    }
+
+
+def _results_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> Section:
+    metrics = [m for m in TABLE_METRICS if m in set(stats["metric"])]
+    blocks: list = [
+        "Each cell: mean ± SD over subjects [95 % bootstrap CI of the mean]; a subject's value is the mean "
+        "over its seeds (and folds). Training time and inference time: mean ± SD over runs."
+    ]
+    for region in bench.regions:
+        rows = []
+        for model in bench.models:
+            row = {"model": model + (" (reference)" if model == reference else "")}
+            block = stats[(stats["region"] == region) & (stats["model"] == model)].set_index("metric")
+            row["subjects"] = int(block["n_subjects"].max()) if len(block) else 0
+            row["seeds"] = int(block["n_seeds"].max()) if len(block) else 0
+            for metric in metrics:
+                if metric not in block.index:
+                    row[_metric_label(metric)] = MISSING
+                    continue
+                s, d = block.loc[metric], _digits(metric)
+                row[_metric_label(metric)] = (
+                    f"{_fmt(s['mean'], d)} ± {_fmt(s['sd'], d)} [{_fmt(s['ci_low'], d)}, {_fmt(s['ci_high'], d)}]"
+                )
+            rows.append({**row, **_cost_columns(bench, model)})
+        blocks.append(Table(pd.DataFrame(rows), f"Region {region}"))
+    return Section("Results", blocks)
+
+
+def _comparison_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> Section:
+    blocks: list = [
+        f"Each model against {reference}, paired by subject on seed-averaged values. "
+        f"Wilcoxon: {METHODS['wilcoxon']}; Holm over the models per metric and region. "
+        "Effect: matched-pairs rank-biserial correlation, positive = the model is better "
+        "(lower-is-better metrics flipped). Seed spread: "
+        f"{METHODS['exceeds_seed_spread']}."
+    ]
+    metrics = [m for m in TABLE_METRICS if m in set(stats["metric"])]
+    for region in bench.regions:
+        block = stats[(stats["region"] == region) & (stats["model"] != reference) & stats["metric"].isin(metrics)]
+        block = block.sort_values("metric", key=lambda s: s.map(metrics.index), kind="stable")
+        rows = [{
+            "metric": _metric_label(r.metric), "model": r.model, "pairs": _fmt(r.n_pairs, 0),
+            "mean diff (model − ref)": _fmt(r.mean_diff, _digits(r.metric)),
+            "Wilcoxon p": _fmt_p(r.wilcoxon_p), "Holm p": _fmt_p(r.wilcoxon_p_holm),
+            "effect (+ = better)": _fmt(r.effect_size, 2), "t-test p": _fmt_p(r.ttest_p),
+            "exceeds seed spread": {True: "yes", False: "no"}.get(r.exceeds_seed_spread, MISSING),
+            "note": r.note,
+        } for r in block.itertuples()]  # fmt: skip
+        if rows:
+            blocks.append(Table(pd.DataFrame(rows), f"Region {region}: against {reference}"))
+    friedman = stats[stats["metric"].isin(metrics)].drop_duplicates(["metric", "region"])
+    blocks.append(Table(pd.DataFrame([{
+        "metric": _metric_label(r.metric), "region": r.region, "Friedman chi²": _fmt(r.friedman_stat, 2),
+        "p": _fmt_p(r.friedman_p), "subjects (all models)": r.friedman_n_subjects,
+    } for r in friedman.itertuples()]), "Friedman test across all models"))  # fmt: skip
+    return Section("Comparisons", blocks)
+
+
+def _convention_section(bench: Benchmark) -> Section:
+    results = bench.results.assign(case=convention_case(bench.results["convention"]))
+    special = results[~results["case"].isin(PLAIN_CASES)]
+    blocks: list = [
+        "Cases where an empty mask decided the value (the evaluator's empty-mask policy, recorded per "
+        "row in the convention column). A case is one run x subject x region; the metrics it touched and "
+        "the settings recorded with it are listed."
+    ]
+    rows = []
+    for (model, case), group in special.groupby(["model", "case"], sort=False):
+        settings = sorted({s for c in group["convention"] for s in c.split(";")[1:] if s})
+        rows.append({
+            "model": model, "convention": case,
+            "cases": len(group.drop_duplicates(["seed", "fold", "subject", "region"])),
+            "subjects": group["subject"].nunique(),
+            "metrics": ", ".join(sorted(group["metric"].unique())),
+            "settings": ", ".join(settings) or MISSING,
+        })  # fmt: skip
+    for model in bench.models:  # a model untouched by any convention is stated, not just missing
+        if not any(r["model"] == model for r in rows):
+            rows.append({"model": model, "convention": "none", "cases": 0, "subjects": 0,
+                         "metrics": MISSING, "settings": MISSING})  # fmt: skip
+    order = {m: i for i, m in enumerate(bench.models)}
+    rows.sort(key=lambda r: (order.get(r["model"], len(order)), r["convention"]))
+    blocks.append(Table(pd.DataFrame(rows), "Empty-mask convention cases per model"))
+    return Section("Empty-mask conventions", blocks)
+
+
+def _model_colours(models: list[str]) -> dict[str, tuple]:
+    palette = colormaps["tab10"]
+    return {m: palette(i % 10) for i, m in enumerate(models)}
+
+
+def _box_strip_plots(bench: Benchmark, values: pd.DataFrame) -> list[Plot]:
+    colours = _model_colours(bench.models)
+    plots = []
+    for metric in [m for m in BOX_METRICS if m in set(values["metric"])]:
+        fig = Figure(figsize=(3.6 * len(bench.regions), 3.6), layout="constrained")
+        jitter = np.random.default_rng(0)  # fixed: the report is reproducible
+        for i, region in enumerate(bench.regions):
+            ax = fig.add_subplot(1, len(bench.regions), i + 1)
+            block = values[(values["metric"] == metric) & (values["region"] == region)]
+            data = [block.loc[block["model"] == m, "value"].to_numpy() for m in bench.models]
+            positions = np.arange(len(bench.models))
+            ax.boxplot([d if d.size else [np.nan] for d in data], positions=positions, widths=0.6,
+                       showfliers=False, medianprops={"color": "black"})  # fmt: skip
+            for pos, model, d in zip(positions, bench.models, data):
+                ax.scatter(pos + jitter.uniform(-0.18, 0.18, d.size), d, s=12, alpha=0.75,
+                           color=colours[model], zorder=3)  # fmt: skip
+            ax.set_xticks(positions, bench.models, rotation=30, ha="right")
+            ax.set_title(region)
+            direction = "higher is better" if higher_is_better(metric) else "lower is better"
+            ax.set_ylabel(f"{_metric_label(metric)} ({direction})" if i == 0 else "")
+        plots.append(Plot(f"box_{metric}", f"{_metric_label(metric)} per subject (mean over seeds): box "
+                          "(median, quartiles, whiskers to 1.5 IQR) and every subject as a point.", _png(fig)))
+    return plots
+
+
+def _precision_recall_plot(bench: Benchmark, values: pd.DataFrame) -> list[Plot]:
+    if not {"precision", "recall"} <= set(values["metric"]):
+        return []
+    colours = _model_colours(bench.models)
+    wide = values[values["metric"].isin(["precision", "recall"])].pivot_table(
+        index=["region", "model", "subject"], columns="metric", values="value").reset_index()  # fmt: skip
+    fig = Figure(figsize=(3.8 * len(bench.regions), 3.9), layout="constrained")
+    for i, region in enumerate(bench.regions):
+        ax = fig.add_subplot(1, len(bench.regions), i + 1)
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+        for model in bench.models:
+            points = wide[(wide["region"] == region) & (wide["model"] == model)]
+            ax.scatter(points["recall"], points["precision"], s=14, alpha=0.6, color=colours[model], label=model)
+            ax.scatter(points["recall"].mean(), points["precision"].mean(), s=90, marker="D",
+                       color=colours[model], edgecolors="black", zorder=4)  # fmt: skip
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall", title=region, aspect="equal")
+        ax.set_ylabel("precision" if i == 0 else "")
+    fig.axes[-1].legend(fontsize=7, loc="lower left")
+    return [Plot("precision_recall", "Precision against recall per subject (points) and per model (diamonds: "
+                 "means). Below the diagonal a model over-segments (high recall, low precision), above it "
+                 "it under-segments; Dice alone cannot tell the two apart.", _png(fig))]
+
+
+def _seed_spread_plot(bench: Benchmark, stats: pd.DataFrame) -> list[Plot]:
+    per_seed = seed_means(bench.results[bench.results["metric"] == "dice"])
+    if per_seed.empty:
+        return []
+    colours = _model_colours(bench.models)
+    fig = Figure(figsize=(3.6 * len(bench.regions), 3.6), layout="constrained")
+    for i, region in enumerate(bench.regions):
+        ax = fig.add_subplot(1, len(bench.regions), i + 1)
+        for pos, model in enumerate(bench.models):
+            seeds = per_seed[(per_seed["region"] == region) & (per_seed["model"] == model)]
+            ax.scatter(np.full(len(seeds), pos), seeds["value"], s=18, color=colours[model], zorder=3)
+            row = stats[(stats["metric"] == "dice") & (stats["region"] == region) & (stats["model"] == model)]
+            if len(row) and np.isfinite(row["seed_sd"].iloc[0]):
+                ax.errorbar(pos + 0.25, row["seed_mean"].iloc[0], yerr=row["seed_sd"].iloc[0], fmt="_",
+                            color="black", capsize=4, markersize=12)  # fmt: skip
+        ax.set_xticks(range(len(bench.models)), bench.models, rotation=30, ha="right")
+        ax.set_title(region)
+        ax.set_ylabel("mean Dice of one seed" if i == 0 else "")
+    return [Plot("seed_spread", "Seed spread: each point is one seed's mean Dice over the test subjects; bars: "
+                 "mean ± SD over seeds (shown with two or more seeds).", _png(fig))]
+
+
+def _significance_section(bench: Benchmark, pairwise: dict[tuple[str, str], pd.DataFrame]) -> Section:
+    blocks: list = [
+        "Two-sided Wilcoxon signed-rank p between every pair of models on per-subject Dice "
+        f"(seed-averaged, zero_method pratt), Holm-corrected over all pairs of a region."
+    ]
+    if not pairwise:
+        return Section("Significance matrix", blocks + ["No Dice results."])
+    fig = Figure(figsize=(3.2 + 1.1 * len(bench.models), 0.3 + 0.9 * len(bench.models)) if len(pairwise) == 1
+                 else (3.0 * len(pairwise) + 1.1 * len(bench.models), 0.3 + 0.9 * len(bench.models)),
+                 layout="constrained")  # fmt: skip
+    for i, ((_, region), matrix) in enumerate(pairwise.items()):
+        ax = fig.add_subplot(1, len(pairwise), i + 1)
+        strength = -np.log10(np.clip(matrix.to_numpy(float), 1e-4, 1))
+        image = ax.imshow(np.ma.masked_invalid(strength), cmap="Greens", vmin=0, vmax=4)
+        for (r, c), p in np.ndenumerate(matrix.to_numpy(float)):
+            ax.text(c, r, MISSING if r == c else _fmt_p(p), ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(p) and p < 0.01 else "black")  # fmt: skip
+        ax.set_xticks(range(len(matrix)), matrix.columns, rotation=30, ha="right")
+        ax.set_yticks(range(len(matrix)), matrix.index)
+        ax.set_title(f"Dice, {region}")
+    fig.colorbar(image, ax=fig.axes, label="−log10 Holm p", shrink=0.8)
+    blocks.append(Plot("significance_dice", "Holm-corrected pairwise Wilcoxon p on Dice (darker: smaller p).",
+                       _png(fig)))
+    for (_, region), matrix in pairwise.items():
+        frame = matrix.map(_fmt_p).reset_index()
+        for i in range(len(matrix)):
+            frame.iloc[i, i + 1] = MISSING
+        blocks.append(Table(frame, f"Holm-corrected pairwise Wilcoxon p, Dice, {region}"))
+    return Section("Significance matrix", blocks)
+
+
+# -- images: example slices and attention maps ------------------------------------------------------
+def _prediction(bench: Benchmark, model: str, subject: str) -> tuple[RunDir, dict[str, np.ndarray]] | None:
+    """The first complete run of ``model`` (lowest seed, fold) that saved a prediction of ``subject``."""
+    for run in bench.runs_of(model):
+        path = run.prediction_file(subject)
+        if path.is_file():
+            with np.load(path) as npz:
+                return run, {key: npz[key] for key in npz.files}
+    return None
+
+
+def _region_index_map(masks: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """(X, Y) map of 1-based region indices from (R, X, Y) masks, the most specific region on top
+    (regions with fewer label values are drawn last)."""
+    out = np.zeros(masks.shape[1:], dtype=np.int16)
+    for r in sorted(range(len(groups)), key=lambda i: -len(list(groups.values())[i])):
+        out[masks[r].astype(bool)] = r + 1
+    return out
+
+
+def _largest_tumour_slice(reference: np.ndarray) -> int:
+    """Axial index z with the largest reference tumour area; reference: (R, X, Y, Z) masks."""
+    area = reference.any(axis=0).sum(axis=(0, 1))
+    return int(np.argmax(area)) if area.any() else reference.shape[-1] // 2
+
+
+def _chosen_subjects(values: pd.DataFrame, models: list[str]) -> list[tuple[str, str]]:
+    """(label, subject) of the median and the worst subject by mean Dice over models and regions,
+    among subjects every model has."""
+    dice = values[values["metric"] == "dice"]
+    per_subject = dice.groupby(["subject", "model"])["value"].mean().unstack("model")
+    per_subject = per_subject.reindex(columns=models).dropna()
+    if per_subject.empty:
+        return []
+    score = per_subject.mean(axis=1).reset_index(name="score").sort_values(["score", "subject"])
+    ordered = list(score["subject"])
+    median, worst = ordered[(len(ordered) - 1) // 2], ordered[0]
+    if median == worst:
+        return [("median and worst", median)]
+    return [("median", median), ("worst", worst)]
+
+
+def _dice_note(bench: Benchmark, run: RunDir, subject: str) -> str:
+    rows = bench.results[(bench.results["model"] == run.model) & (bench.results["seed"] == run.seed)
+                         & (bench.results["subject"] == subject) & (bench.results["metric"] == "dice")]
+    if run.fold is not None:
+        rows = rows[rows["fold"] == run.fold]
+    return " ".join(f"{r.region} {r.value:.2f}" for r in rows.itertuples())
+
+
+def _example_slices(bench: Benchmark, values: pd.DataFrame) -> tuple[list, tuple[str, int] | None]:
+    """Figures of the median and the worst subject; also returns (subject, z) of the first one shown,
+    for the attention figure."""
+    blocks: list = []
+    first = None
+    regions = bench.task.regions
+    region_colours = [colormaps["Set1"](i) for i in range(len(regions))]
+    overlay_map = ListedColormap(region_colours)
+    for label, subject in _chosen_subjects(values, bench.models):
+        subject_dir = bench.cache_dir / subject
+        if not cache.is_complete(subject_dir) or cache.load_label(subject_dir) is None:
+            blocks.append(f"{label} subject {subject}: not in the cache at {bench.cache_dir}; slice left out.")
+            continue
+        image = cache.load_image(subject_dir)
+        reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), regions)
+        z = _largest_tumour_slice(reference)
+        modality = (cache.read_meta(subject_dir).get("modalities") or ["channel 0"])[0]
+        panels = [("input: " + modality, None, ""), ("reference", reference, "")]
+        shown = []
+        for model in bench.models:
+            found = _prediction(bench, model, subject)
+            if found is None:
+                panels.append((f"{model}: no saved prediction", None, ""))
+                continue
+            run, arrays = found
+            pred = arrays["pred"]
+            if pred.shape != reference.shape:
+                raise DataError(subject, run.prediction_file(subject),
+                                f"pred has shape {pred.shape}, the reference regions {reference.shape}")
+            panels.append((f"{model} (seed {run.seed})", pred, "Dice " + _dice_note(bench, run, subject)))
+            shown.append(f"{model}: seed {run.seed}" + (f" fold {run.fold}" if run.fold is not None else ""))
+        fig = Figure(figsize=(2.3 * len(panels), 2.9), layout="constrained")
+        background = np.asarray(image[0, :, :, z], dtype=np.float32).T
+        for i, (title, masks, subtitle) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            ax.imshow(background, cmap="gray", origin="lower", vmin=0, vmax=1, interpolation="nearest")
+            if masks is not None:
+                index = _region_index_map(masks[..., z], regions).T
+                ax.imshow(np.ma.masked_equal(index, 0), cmap=overlay_map, vmin=1, vmax=len(regions),
+                          alpha=0.55, origin="lower", interpolation="nearest")  # fmt: skip
+            ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=8)
+            ax.axis("off")
+        fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(region_colours, regions)],
+                   loc="outside lower center", ncols=len(regions), fontsize=8)  # fmt: skip
+        mean_dice = values[(values["metric"] == "dice") & (values["subject"] == subject)]["value"].mean()
+        blocks.append(Plot(
+            f"example_{label.replace(' ', '_')}_{subject}",
+            f"{label.capitalize()} subject {subject} (mean Dice over models and regions {mean_dice:.3f}): axial "
+            f"slice z = {z}, the reference's largest tumour area; patient's right on the right. Predictions "
+            f"shown from {'; '.join(shown) or 'no run'}; Dice of that run over the whole volume.",
+            _png(fig),
+        ))  # fmt: skip
+        first = first or (subject, z)
+    return blocks, first
+
+
+def _overlap_dice(attention: np.ndarray, mask: np.ndarray) -> float:
+    """Dice between ``attention > ATTENTION_THRESHOLD`` and a sub-region mask (both (X, Y, Z));
+    NaN when both are empty (nothing to overlap: left out of the means and counted)."""
+    hot = attention > ATTENTION_THRESHOLD
+    total = int(hot.sum()) + int(mask.sum())
+    return float("nan") if total == 0 else 2.0 * float(np.logical_and(hot, mask).sum()) / total
+
+
+def attention_overlap(bench: Benchmark) -> pd.DataFrame:
+    """Dice of every saved attention map (thresholded at 0.5) with its reference sub-region.
+
+    Reads each subject's reference once and every complete run's ``predictions/<subject>.npz`` that
+    holds ``attention`` (S, X, Y, Z). Returns columns model, seed, fold, subject, subregion, dice
+    (NaN where map and sub-region are both empty).
+    """
+    subregions = bench.task.subregions
+    rows = []
+    for subject in sorted(bench.results["subject"].unique()):
+        subject_dir = bench.cache_dir / subject
+        if not cache.is_complete(subject_dir) or cache.load_label(subject_dir) is None:
+            continue
+        reference = None
+        for run in bench.complete:
+            path = run.prediction_file(subject)
+            if not path.is_file():
+                continue
+            with np.load(path) as npz:
+                if "attention" not in npz.files:
+                    continue
+                attention = npz["attention"]
+            if reference is None:
+                reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), subregions)
+            if attention.shape != reference.shape:
+                raise DataError(subject, path, f"attention has shape {attention.shape}; the reference "
+                                f"sub-regions ({', '.join(subregions)}) {reference.shape}")  # fmt: skip
+            rows += [{"model": run.model, "seed": run.seed, "fold": run.fold, "subject": subject, "subregion": name,
+                      "dice": _overlap_dice(attention[s], reference[s])} for s, name in enumerate(subregions)]
+    return pd.DataFrame(rows, columns=["model", "seed", "fold", "subject", "subregion", "dice"])
+
+
+def _attention_section(bench: Benchmark, overlap: pd.DataFrame, example: tuple[str, int] | None) -> Section:
+    title = "Attention maps"
+    if overlap.empty:
+        return Section(title, ["No model saved attention maps."])
+    blocks: list = [
+        f"Overlap of each attention map with its reference sub-region: Dice between the map thresholded at "
+        f"{ATTENTION_THRESHOLD} and the sub-region, over the whole volume (maps as saved, upsampled to the "
+        "cached grid). Per subject the mean over seeds; mean ± SD over subjects. Cases where map and "
+        "sub-region are both empty have no overlap to measure and are counted, not averaged."
+    ]
+    per_subject = overlap.groupby(["model", "subregion", "subject"], sort=False)["dice"].mean().reset_index()
+    rows = []
+    for (model, subregion), group in per_subject.groupby(["model", "subregion"], sort=False):
+        values = group["dice"].dropna()
+        rows.append({
+            "model": model, "sub-region": subregion,
+            "overlap Dice": f"{_fmt(values.mean())} ± {_fmt(values.std(ddof=1) if len(values) > 1 else np.nan)}",
+            "subjects": len(values), "both empty (left out)": int(group["dice"].isna().sum()),
+        })  # fmt: skip
+    blocks.append(Table(pd.DataFrame(rows), "Attention-map overlap with the reference sub-regions"))
+    if example is None:
+        return Section(title, blocks)
+    subject, z = example
+    subject_dir = bench.cache_dir / subject
+    subregions = bench.task.subregions
+    reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), subregions)
+    background = np.asarray(cache.load_image(subject_dir)[0, :, :, z], dtype=np.float32).T
+    models = [m for m in bench.models if m in set(overlap["model"])]
+    maps = {}
+    for model in models:
+        found = _prediction(bench, model, subject)
+        if found is not None and "attention" in found[1]:
+            maps[model] = found
+    fig = Figure(figsize=(2.4 * (1 + len(maps)), 2.5 * len(subregions)), layout="constrained")
+    image = None
+    for s, name in enumerate(subregions):
+        mask = reference[s, :, :, z].T
+        ax = fig.add_subplot(len(subregions), 1 + len(maps), s * (1 + len(maps)) + 1)
+        ax.imshow(background, cmap="gray", origin="lower", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(np.ma.masked_equal(mask.astype(np.int8), 0), cmap=ListedColormap(["#e41a1c"]), alpha=0.6,
+                  origin="lower", interpolation="nearest")  # fmt: skip
+        ax.set_title(f"reference {name}", fontsize=8)
+        ax.axis("off")
+        for k, (model, (run, arrays)) in enumerate(maps.items()):
+            attention = arrays["attention"][s].astype(np.float32)
+            ax = fig.add_subplot(len(subregions), 1 + len(maps), s * (1 + len(maps)) + 2 + k)
+            image = ax.imshow(attention[:, :, z].T, cmap="magma", origin="lower", vmin=0, vmax=1,
+                              interpolation="nearest")  # fmt: skip
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_title(f"{model} seed {run.seed}: {name}\nDice@{ATTENTION_THRESHOLD} "
+                         f"{_fmt(_overlap_dice(attention, reference[s]))}", fontsize=8)  # fmt: skip
+            ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention")
+    blocks.append(Plot(f"attention_{subject}", f"Subject {subject}, axial slice z = {z}: reference sub-regions "
+                       "(left) and each model's attention maps (cyan: reference outline). Dice over the whole "
+                       "volume of that run.", _png(fig)))  # fmt: skip
+    return Section(title, blocks)
+
+
+# -- rendering -------------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; }
+figcaption, .caption { font-size: 0.85em; color: #444; }
+"""
+
+
+def _render_html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}"
+             f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, str):
+                parts.append(f"<p>{html.escape(block)}</p>")
+            elif isinstance(block, Table):
+                if block.caption:
+                    parts.append(f"<p class=\"caption\"><b>{html.escape(block.caption)}</b></p>")
+                parts.append(block.frame.to_html(index=False, border=0, na_rep=MISSING, escape=True))
+            else:
+                data = base64.b64encode(block.png).decode("ascii")
+                parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(block.name)}\">"
+                             f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")  # fmt: skip
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def _markdown_cell(value) -> str:
+    text = MISSING if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _render_markdown(title: str, sections: list[Section], figure_dir: str) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, str):
+                lines += [block, ""]
+            elif isinstance(block, Table):
+                frame = block.frame
+                if block.caption:
+                    lines += [f"**{block.caption}**", ""]
+                lines.append("| " + " | ".join(_markdown_cell(c) for c in frame.columns) + " |")
+                lines.append("|" + "---|" * len(frame.columns))
+                lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+                lines.append("")
+            else:
+                lines += [f"![{block.name}]({figure_dir}/{block.name}.png)", "", f"*{block.caption}*", ""]
+    return "\n".join(lines)
+
+
+def build_report(
+    bench_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    reference: str | None = None,
+    n_bootstrap: int = 10_000,
+) -> tuple[Path, Path]:
+    """Build ``report.html`` and ``report.md`` (plus the tables behind them) from a benchmark folder.
+
+    Args:
+        bench_dir: the benchmark folder (``benchmark.json``, ``<model>/seed<k>[/fold<f>]/`` runs).
+        out_dir: where the report goes (created).
+        reference: model every other is compared with; default ``"unet"`` if present, else the first
+            model of ``benchmark.json``.
+        n_bootstrap: bootstrap resamples of the CIs (seed 0).
+
+    Returns:
+        (html path, markdown path)
+    """
+    out_dir = Path(out_dir)
+    bench = load_benchmark_folder(bench_dir)
+    reference = reference or ("unet" if "unet" in bench.models else bench.models[0])
+    if reference in bench.models:  # the reference leads every table and figure
+        bench.models = [reference] + [m for m in bench.models if m != reference]
+    stats = compute_stats(bench.results, reference, n_bootstrap=n_bootstrap, seed=0)
+    values = subject_values(bench.results)
+    pairwise = {("dice", region): pairwise_wilcoxon(bench.results, "dice", region, bench.models)
+                for region in bench.regions
+                if ((bench.results["metric"] == "dice") & (bench.results["region"] == region)).any()}  # fmt: skip
+
+    sections = [
+        _header(bench, reference, n_bootstrap),
+        _results_section(bench, stats, reference),
+        _comparison_section(bench, stats, reference),
+        _convention_section(bench),
+        Section("Per-subject distributions", _box_strip_plots(bench, values)),
+        Section("Precision and recall", _precision_recall_plot(bench, values)
+                or ["Precision and recall are not in the results."]),
+        Section("Seed spread", _seed_spread_plot(bench, stats) or ["No Dice results."]),
+        _significance_section(bench, pairwise),
+    ]  # fmt: skip
+    overlap = pd.DataFrame()
+    if bench.cache_dir is None:
+        sections.append(Section("Example slices", [
+            f"The cache {bench.info.get('cache_dir')} named in benchmark.json was not found: example slices "
+            "and attention maps are left out."]))  # fmt: skip
+    else:
+        slices, example = _example_slices(bench, values)
+        sections.append(Section("Example slices", slices or ["No subject has Dice results for every model."]))
+        overlap = attention_overlap(bench)
+        sections.append(_attention_section(bench, overlap, example))
+
+    write_results(bench.results, out_dir / "results.csv")
+    write_stats(stats, out_dir, pairwise)
+    if not overlap.empty:
+        buffer = io.StringIO()
+        overlap.to_csv(buffer, index=False)
+        cache.atomic_write_text(out_dir / "attention_overlap.csv", buffer.getvalue())
+    title = f"Benchmark report: {bench.info.get('name', bench.path.name)}"
+    figure_dir = "figures"
+    for section in sections:
+        for block in section.blocks:
+            if isinstance(block, Plot):
+                cache.atomic_write_bytes(out_dir / figure_dir / f"{block.name}.png", block.png)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    cache.atomic_write_text(html_path, _render_html(title, sections))
+    cache.atomic_write_text(md_path, _render_markdown(title, sections, figure_dir))
+    return html_path, md_path
+
+
+# -- opening the report in a browser ---------------------------------------------------------------
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+_PROBE_ID = "sgnet-image-check"
+# Runs after every image has loaded or failed; writes what it found into the DOM that --dump-dom prints.
+_PROBE = f"""<script>
+window.addEventListener("load", function () {{
+  var images = Array.from(document.images);
+  var loaded = images.filter(function (img) {{ return img.complete && img.naturalWidth > 0; }}).length;
+  var out = document.createElement("pre");
+  out.id = "{_PROBE_ID}";
+  out.textContent = JSON.stringify({{images: images.length, loaded: loaded}});
+  document.body.appendChild(out);
+}});
+</script>"""
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium (or Chrome) executable on PATH, or None."""
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def check_report_in_browser(html_path: str | os.PathLike, browser: str | None = None, timeout_s: float = 120) -> dict:
+    """Open a report in headless Chromium and count the images that loaded.
+
+    A copy of the HTML with a small probe script is opened from a temporary folder, so an image that
+    points at a file beside the report (instead of being embedded) fails to load and is caught.
+
+    Returns:
+        ``{"images": n, "loaded": m}``: ``<img>`` elements, and those with ``naturalWidth > 0``.
+
+    Raises:
+        SgnetError: Chromium is not installed (Debian: ``apt-get install chromium``), or did not
+            open the page.
+    """
+    executable = browser or find_chromium()
+    if executable is None:
+        raise SgnetError(f"Chromium not found (looked for {', '.join(BROWSERS)} on PATH): "
+                         "install it, e.g. `apt-get install chromium` on Debian")  # fmt: skip
+    page = Path(html_path).read_text(encoding="utf-8")
+    page = page.replace("</body>", _PROBE + "\n</body>", 1) if "</body>" in page else page + _PROBE
+    with tempfile.TemporaryDirectory(prefix="sgnet-report-check-") as tmp:
+        probe_page = Path(tmp) / "report.html"
+        probe_page.write_text(page, encoding="utf-8")
+        command = [
+            executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", f"--user-data-dir={Path(tmp) / 'profile'}", "--virtual-time-budget=15000",
+            "--dump-dom", probe_page.as_uri(),
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise SgnetError(f"Chromium did not finish opening {html_path} within {timeout_s:g} s") from None
+    found = re.search(rf'<pre id="{_PROBE_ID}">(.*?)</pre>', done.stdout, re.S)
+    if found is None:
+        raise SgnetError(f"Chromium could not open {html_path} (exit {done.returncode}): "
+                         f"{done.stderr.strip()[-500:]}")  # fmt: skip
+    counts = json.loads(html.unescape(found.group(1)))
+    return {"images": int(counts["images"]), "loaded": int(counts["loaded"])}
