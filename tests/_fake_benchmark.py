@@ -19,7 +19,6 @@ Subject s004 has no ET at all, so ET there is a both-empty case for models that 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -65,6 +65,22 @@ def test_results_round_trip_keeps_types(bench, tmp_path):
     assert list(back["subject"]) == ["007", "007"] and list(back["fold"]) == [1, 2]
 
 
+def test_gather_reads_fold_runs(tmp_path):
+    bench = tmp_path / "bench"
+    (bench / "benchmark.json").parent.mkdir()
+    (bench / "benchmark.json").write_text(json.dumps({"name": "folds", "dataset": "bml", "models": {}}))
+    for fold, complete in ((0, True), (1, True), (2, False)):
+        run = bench / "unet" / "seed3" / f"fold{fold}"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"model": "unet", "seed": 3, "fold": fold}))
+        (run / "results.csv").write_text(f"subject,region,metric,value,convention\nf{fold},WT,dice,0.5,both_present\n")
+        if complete:
+            (run / "COMPLETE").write_text("2026-01-02T03:04:05\n")
+    results = gather_results(bench)
+    assert list(results["fold"]) == [0, 1] and list(results["subject"]) == ["f0", "f1"]
+    assert set(results["seed"]) == {3}
+
+
 def test_bad_run_files_name_the_file(bench, tmp_path):
     copy = shutil.copytree(bench, tmp_path / "bench")
     results_csv = copy / "sgnet" / "seed0" / "results.csv"

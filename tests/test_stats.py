@@ -105,7 +105,8 @@ def test_holm_across_models_and_friedman_against_scipy():
               "same": list(REFERENCE)}  # fmt: skip
     table = _table(models)
     # a subject only some models have: left out of Friedman, kept in pairwise tests
-    table = pd.concat([table, table[(table["subject"] == "s0") & (table["model"] != "same")].assign(subject="extra")])
+    partial = table[(table["subject"] == "s0") & (table["model"] != "same")].assign(subject="extra")
+    table = pd.concat([table, partial])
     stats = compute_stats(table, "ref", n_bootstrap=200)
     others = stats[stats["model"] != "ref"].set_index("model")
     np.testing.assert_allclose(others["wilcoxon_p_holm"], holm(others["wilcoxon_p"]), equal_nan=True)
@@ -156,6 +157,9 @@ def test_degenerate_cases_give_nan_with_notes():
     table.loc[table["model"] == "m", "value"] = np.nan
     row = _row(compute_stats(table, "ref", n_bootstrap=200), "m")
     assert row["n_subjects"] == 0 and np.isnan(row["mean"]) and "12 missing (NaN) value(s)" in row["note"]
+    # a reference without values: nothing to compare with
+    row = _row(compute_stats(table, "m", n_bootstrap=200), "ref")
+    assert np.isnan(row["wilcoxon_p"]) and "reference has no values" in row["note"]
 
 
 def test_zero_differences_survive_floating_point_noise():

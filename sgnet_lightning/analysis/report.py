@@ -164,11 +164,14 @@ def _resolve_cache_dir(bench_dir: Path, cache_dir: str | None) -> Path | None:
     if not cache_dir:
         return None
     path = Path(cache_dir)
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, bench_dir.resolve().parent.parent / path]
+    if path.is_absolute():
+        return path if path.is_dir() else None
+    candidates = [Path.cwd() / path, bench_dir.resolve().parent.parent / path]
     return next((c for c in candidates if c.is_dir()), None)
 
 
 def load_benchmark_folder(bench_dir: str | os.PathLike) -> Benchmark:
+    """Read a benchmark folder: ``benchmark.json``, the runs, their gathered results and run records."""
     bench_dir = Path(bench_dir)
     info = read_benchmark(bench_dir)
     complete, incomplete = find_runs(bench_dir)
@@ -179,7 +182,8 @@ def load_benchmark_folder(bench_dir: str | os.PathLike) -> Benchmark:
     )
     task = get_task(info["dataset"], info.get("task"))
     in_results = set(results["region"])
-    regions = [r for r in task.region_names if r in in_results] + sorted(in_results - set(task.region_names))
+    regions = [r for r in task.region_names if r in in_results]
+    regions += sorted(in_results - set(task.region_names))
     cache_dir = _resolve_cache_dir(bench_dir, info.get("cache_dir"))
     if cache_dir is None:
         logger.warning("cache %s not found: the report leaves out example slices and attention maps",
@@ -198,8 +202,8 @@ def _results_date(runs: list[RunDir]) -> str:
         try:
             stamps.append(datetime.datetime.fromisoformat(text).replace(tzinfo=None))
         except ValueError:
-            mtime = marker.stat().st_mtime
-            stamps.append(datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).replace(tzinfo=None))
+            mtime = datetime.datetime.fromtimestamp(marker.stat().st_mtime, datetime.timezone.utc)
+            stamps.append(mtime.replace(tzinfo=None))
     first, last = (stamp.strftime("%Y-%m-%d %H:%M") for stamp in (min(stamps), max(stamps)))
     return first if first == last else f"{first} to {last}"
 
@@ -213,25 +217,28 @@ def _compact(value) -> str:
 
 
 # -- sections --------------------------------------------------------------------------------------
+def _model_description(info: dict, model: str) -> str:
+    """``label = network (options)`` from benchmark.json."""
+    entry = info.get("models", {}).get(model, {})
+    options = entry.get("options")
+    return f"{model} = {entry.get('network', '?')}" + (f" ({_compact(options)})" if options else "")
+
+
 def _header(bench: Benchmark, reference: str, n_bootstrap: int) -> Section:
     info = bench.info
-    subjects = bench.results["subject"].nunique()
+    ignored = ", ".join(str(r.path.relative_to(bench.path)) for r in bench.incomplete)
     items = [
         ("dataset", f"{info.get('dataset')} (task {bench.task.name}: regions {', '.join(bench.regions)})"),
-        ("models", "; ".join(
-            f"{m} = {info.get('models', {}).get(m, {}).get('network', '?')}"
-            + (f" ({_compact(info['models'][m].get('options'))})" if info.get("models", {}).get(m, {}).get("options") else "")
-            for m in bench.models)),
+        ("models", "; ".join(_model_description(info, m) for m in bench.models)),
         ("reference model", reference),
         ("seeds", _compact(info.get("seeds"))),
         ("folds", _compact(info.get("folds")) if info.get("folds") else "none (fixed split)"),
         ("split", _compact(info.get("split"))),
         ("manifest", _compact(info.get("manifest"))),
-        ("test subjects", str(subjects)),
+        ("test subjects", str(bench.results["subject"].nunique())),
         ("runs", f"{len(bench.complete)} complete; {len(bench.incomplete)} incomplete ignored"
-                 + (f" ({', '.join(str(r.path.relative_to(bench.path)) for r in bench.incomplete)})"
-                    if bench.incomplete else "")),
-        ("results dated", _results_date(bench.complete)),
+                 + (f" ({ignored})" if ignored else "")),
+        ("results dated", _results_date(bench.complete) + " (completion of the first and last run)"),
         ("commit", _compact(info.get("commit"))),
         ("versions", _compact(info.get("versions"))),
         ("hardware", _compact(info.get("hardware"))),
@@ -284,9 +291,8 @@ def _results_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> S
                     row[_metric_label(metric)] = MISSING
                     continue
                 s, d = block.loc[metric], _digits(metric)
-                row[_metric_label(metric)] = (
-                    f"{_fmt(s['mean'], d)} ± {_fmt(s['sd'], d)} [{_fmt(s['ci_low'], d)}, {_fmt(s['ci_high'], d)}]"
-                )
+                ci = f"[{_fmt(s['ci_low'], d)}, {_fmt(s['ci_high'], d)}]"
+                row[_metric_label(metric)] = f"{_fmt(s['mean'], d)} ± {_fmt(s['sd'], d)} {ci}"
             rows.append({**row, **_cost_columns(bench, model)})
         blocks.append(Table(pd.DataFrame(rows), f"Region {region}"))
     return Section("Results", blocks)
@@ -301,9 +307,10 @@ def _comparison_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -
         f"{METHODS['exceeds_seed_spread']}."
     ]
     metrics = [m for m in TABLE_METRICS if m in set(stats["metric"])]
+    order = {m: i for i, m in enumerate(metrics + bench.models)}  # metric names and labels never clash
     for region in bench.regions:
         block = stats[(stats["region"] == region) & (stats["model"] != reference) & stats["metric"].isin(metrics)]
-        block = block.sort_values("metric", key=lambda s: s.map(metrics.index), kind="stable")
+        block = block.sort_values(["metric", "model"], key=lambda column: column.map(order))
         rows = [{
             "metric": _metric_label(r.metric), "model": r.model, "pairs": _fmt(r.n_pairs, 0),
             "mean diff (model − ref)": _fmt(r.mean_diff, _digits(r.metric)),
@@ -403,10 +410,22 @@ def _precision_recall_plot(bench: Benchmark, values: pd.DataFrame) -> list[Plot]
                  "it under-segments; Dice alone cannot tell the two apart.", _png(fig))]
 
 
-def _seed_spread_plot(bench: Benchmark, stats: pd.DataFrame) -> list[Plot]:
+def _seed_spread_section(bench: Benchmark, stats: pd.DataFrame) -> Section:
+    title = "Seed spread"
     per_seed = seed_means(bench.results[bench.results["metric"] == "dice"])
     if per_seed.empty:
-        return []
+        return Section(title, ["No Dice results."])
+    dice = stats[stats["metric"] == "dice"].set_index(["model", "region"])
+    rows = []
+    for model in bench.models:
+        row = {"model": model}
+        for region in bench.regions:
+            if (model, region) in dice.index:
+                r = dice.loc[(model, region)]
+                row[region] = f"{_fmt(r['seed_mean'])} ± {_fmt(r['seed_sd'])} ({r['n_seeds']} seeds)"
+            else:
+                row[region] = MISSING
+        rows.append(row)
     colours = _model_colours(bench.models)
     fig = Figure(figsize=(3.6 * len(bench.regions), 3.6), layout="constrained")
     for i, region in enumerate(bench.regions):
@@ -414,15 +433,18 @@ def _seed_spread_plot(bench: Benchmark, stats: pd.DataFrame) -> list[Plot]:
         for pos, model in enumerate(bench.models):
             seeds = per_seed[(per_seed["region"] == region) & (per_seed["model"] == model)]
             ax.scatter(np.full(len(seeds), pos), seeds["value"], s=18, color=colours[model], zorder=3)
-            row = stats[(stats["metric"] == "dice") & (stats["region"] == region) & (stats["model"] == model)]
-            if len(row) and np.isfinite(row["seed_sd"].iloc[0]):
-                ax.errorbar(pos + 0.25, row["seed_mean"].iloc[0], yerr=row["seed_sd"].iloc[0], fmt="_",
-                            color="black", capsize=4, markersize=12)  # fmt: skip
+            if (model, region) in dice.index and np.isfinite(dice.loc[(model, region), "seed_sd"]):
+                r = dice.loc[(model, region)]
+                ax.errorbar(pos + 0.25, r["seed_mean"], yerr=r["seed_sd"], fmt="_", color="black",
+                            capsize=4, markersize=12)  # fmt: skip
         ax.set_xticks(range(len(bench.models)), bench.models, rotation=30, ha="right")
         ax.set_title(region)
         ax.set_ylabel("mean Dice of one seed" if i == 0 else "")
-    return [Plot("seed_spread", "Seed spread: each point is one seed's mean Dice over the test subjects; bars: "
-                 "mean ± SD over seeds (shown with two or more seeds).", _png(fig))]
+    return Section(title, [
+        Table(pd.DataFrame(rows), "Dice: mean ± SD over seeds of each seed's mean over subjects"),
+        Plot("seed_spread", "Each point is one seed's mean Dice over the test subjects; bars: mean ± SD over "
+             "seeds (drawn with two or more seeds).", _png(fig)),
+    ])  # fmt: skip
 
 
 def _significance_section(bench: Benchmark, pairwise: dict[tuple[str, str], pd.DataFrame]) -> Section:
@@ -432,9 +454,8 @@ def _significance_section(bench: Benchmark, pairwise: dict[tuple[str, str], pd.D
     ]
     if not pairwise:
         return Section("Significance matrix", blocks + ["No Dice results."])
-    fig = Figure(figsize=(3.2 + 1.1 * len(bench.models), 0.3 + 0.9 * len(bench.models)) if len(pairwise) == 1
-                 else (3.0 * len(pairwise) + 1.1 * len(bench.models), 0.3 + 0.9 * len(bench.models)),
-                 layout="constrained")  # fmt: skip
+    panel = 1.0 + 0.9 * len(bench.models)  # inches per matrix, labels included
+    fig = Figure(figsize=(panel * len(pairwise) + 1.2, panel), layout="constrained")
     for i, ((_, region), matrix) in enumerate(pairwise.items()):
         ax = fig.add_subplot(1, len(pairwise), i + 1)
         strength = -np.log10(np.clip(matrix.to_numpy(float), 1e-4, 1))
@@ -465,6 +486,12 @@ def _prediction(bench: Benchmark, model: str, subject: str) -> tuple[RunDir, dic
             with np.load(path) as npz:
                 return run, {key: npz[key] for key in npz.files}
     return None
+
+
+def _cached_label(bench: Benchmark, subject: str) -> np.ndarray | None:
+    """(X, Y, Z) canonical label map of a cached subject; None when the cache lacks it."""
+    subject_dir = bench.cache_dir / subject
+    return cache.load_label(subject_dir, mmap=False) if cache.is_complete(subject_dir) else None
 
 
 def _region_index_map(masks: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:
@@ -515,12 +542,14 @@ def _example_slices(bench: Benchmark, values: pd.DataFrame) -> tuple[list, tuple
     region_colours = [colormaps["Set1"](i) for i in range(len(regions))]
     overlay_map = ListedColormap(region_colours)
     for label, subject in _chosen_subjects(values, bench.models):
-        subject_dir = bench.cache_dir / subject
-        if not cache.is_complete(subject_dir) or cache.load_label(subject_dir) is None:
-            blocks.append(f"{label} subject {subject}: not in the cache at {bench.cache_dir}; slice left out.")
+        label_map = _cached_label(bench, subject)
+        if label_map is None:
+            blocks.append(f"{label} subject {subject}: no reference in the cache at {bench.cache_dir}; "
+                          "slice left out.")  # fmt: skip
             continue
+        subject_dir = bench.cache_dir / subject
         image = cache.load_image(subject_dir)
-        reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), regions)
+        reference = label_map_to_masks(label_map, regions)
         z = _largest_tumour_slice(reference)
         modality = (cache.read_meta(subject_dir).get("modalities") or ["channel 0"])[0]
         panels = [("input: " + modality, None, ""), ("reference", reference, "")]
@@ -580,8 +609,8 @@ def attention_overlap(bench: Benchmark) -> pd.DataFrame:
     subregions = bench.task.subregions
     rows = []
     for subject in sorted(bench.results["subject"].unique()):
-        subject_dir = bench.cache_dir / subject
-        if not cache.is_complete(subject_dir) or cache.load_label(subject_dir) is None:
+        label_map = _cached_label(bench, subject)
+        if label_map is None:
             continue
         reference = None
         for run in bench.complete:
@@ -593,12 +622,15 @@ def attention_overlap(bench: Benchmark) -> pd.DataFrame:
                     continue
                 attention = npz["attention"]
             if reference is None:
-                reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), subregions)
+                reference = label_map_to_masks(label_map, subregions)
             if attention.shape != reference.shape:
                 raise DataError(subject, path, f"attention has shape {attention.shape}; the reference "
                                 f"sub-regions ({', '.join(subregions)}) {reference.shape}")  # fmt: skip
-            rows += [{"model": run.model, "seed": run.seed, "fold": run.fold, "subject": subject, "subregion": name,
-                      "dice": _overlap_dice(attention[s], reference[s])} for s, name in enumerate(subregions)]
+            rows += [
+                {"model": run.model, "seed": run.seed, "fold": run.fold, "subject": subject,
+                 "subregion": name, "dice": _overlap_dice(attention[s], reference[s])}
+                for s, name in enumerate(subregions)
+            ]  # fmt: skip
     return pd.DataFrame(rows, columns=["model", "seed", "fold", "subject", "subregion", "dice"])
 
 
@@ -625,10 +657,9 @@ def _attention_section(bench: Benchmark, overlap: pd.DataFrame, example: tuple[s
     if example is None:
         return Section(title, blocks)
     subject, z = example
-    subject_dir = bench.cache_dir / subject
     subregions = bench.task.subregions
-    reference = label_map_to_masks(np.asarray(cache.load_label(subject_dir)), subregions)
-    background = np.asarray(cache.load_image(subject_dir)[0, :, :, z], dtype=np.float32).T
+    reference = label_map_to_masks(_cached_label(bench, subject), subregions)
+    background = np.asarray(cache.load_image(bench.cache_dir / subject)[0, :, :, z], dtype=np.float32).T
     models = [m for m in bench.models if m in set(overlap["model"])]
     maps = {}
     for model in models:
@@ -688,8 +719,8 @@ def _render_html(title: str, sections: list[Section]) -> str:
                 parts.append(block.frame.to_html(index=False, border=0, na_rep=MISSING, escape=True))
             else:
                 data = base64.b64encode(block.png).decode("ascii")
-                parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(block.name)}\">"
-                             f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")  # fmt: skip
+                image = f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.name)}">'
+                parts.append(f"<figure>{image}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
 
@@ -712,7 +743,8 @@ def _render_markdown(title: str, sections: list[Section], figure_dir: str) -> st
                     lines += [f"**{block.caption}**", ""]
                 lines.append("| " + " | ".join(_markdown_cell(c) for c in frame.columns) + " |")
                 lines.append("|" + "---|" * len(frame.columns))
-                lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+                for row in frame.itertuples(index=False):
+                    lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
                 lines.append("")
             else:
                 lines += [f"![{block.name}]({figure_dir}/{block.name}.png)", "", f"*{block.caption}*", ""]
@@ -756,7 +788,7 @@ def build_report(
         Section("Per-subject distributions", _box_strip_plots(bench, values)),
         Section("Precision and recall", _precision_recall_plot(bench, values)
                 or ["Precision and recall are not in the results."]),
-        Section("Seed spread", _seed_spread_plot(bench, stats) or ["No Dice results."]),
+        _seed_spread_section(bench, stats),
         _significance_section(bench, pairwise),
     ]  # fmt: skip
     overlap = pd.DataFrame()
@@ -809,7 +841,9 @@ def find_chromium() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def check_report_in_browser(html_path: str | os.PathLike, browser: str | None = None, timeout_s: float = 120) -> dict:
+def check_report_in_browser(
+    html_path: str | os.PathLike, browser: str | None = None, timeout_s: float = 120
+) -> dict:
     """Open a report in headless Chromium and count the images that loaded.
 
     A copy of the HTML with a small probe script is opened from a temporary folder, so an image that

@@ -276,8 +276,9 @@ def compute_stats(df: pd.DataFrame, reference: str, n_bootstrap: int = 10_000, s
         fried = friedman(block, metric, region)
         summaries = {}
         for model in models:
-            values = subjects.get_group(model).set_index("subject")["value"] if model in subjects.groups else pd.Series(dtype=float)
-            seeds = per_seed.get_group(model)["value"] if model in per_seed.groups else pd.Series(dtype=float)
+            empty = pd.Series(dtype=float)
+            values = subjects.get_group(model).set_index("subject")["value"] if model in subjects.groups else empty
+            seeds = per_seed.get_group(model)["value"] if model in per_seed.groups else empty
             notes = []
             n_nan = int(block.loc[block["model"] == model, "value"].isna().sum())
             if n_nan:
@@ -305,11 +306,9 @@ def compute_stats(df: pd.DataFrame, reference: str, n_bootstrap: int = 10_000, s
         ref_row = block_rows[0]
         ref_row["notes"].insert(0, "reference")
         for row in block_rows[1:]:
+            comparison = paired_comparison(summaries[row["model"]], summaries[reference], better_high)
             if ref_row["n_subjects"] == 0:
-                comparison = paired_comparison(pd.Series(dtype=float), pd.Series(dtype=float), better_high)
                 comparison["notes"] = ["reference has no values"]
-            else:
-                comparison = paired_comparison(summaries[row["model"]], summaries[reference], better_high)
             row["notes"] += comparison.pop("notes")
             row.update(comparison)
             spreads = [row["seed_sd"], ref_row["seed_sd"]]
