@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import affine_transform
 
 from sgnet_lightning.errors import DataError
 
@@ -159,12 +160,13 @@ def inspect_nifti(
         return None, problems
     data = data.reshape(shape)
 
-    if np.issubdtype(data.dtype, np.floating):
+    finite = True
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        finite = False
         n_nan = int(np.count_nonzero(np.isnan(data)))
         n_inf = int(np.count_nonzero(np.isinf(data)))
-        if n_nan or n_inf:
-            problem(f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf)")
-    if not label and not np.any(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)):
+        problem(f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf)")
+    if not label and not np.any(data if finite else data[np.isfinite(data)]):
         problem("is all zero (an empty image)")
 
     if affine_problem:
@@ -232,10 +234,9 @@ def resample_to_grid(
     """
     grid_shape = tuple(int(s) for s in grid_shape[:3])
     to_vox2from_vox = np.linalg.inv(affine) @ np.asarray(grid_affine, dtype=np.float64)
-    if grid_shape == data.shape and np.allclose(to_vox2from_vox, np.eye(4), atol=1e-6):
-        return data.copy()  # same grid: no interpolation at all
-    from scipy.ndimage import affine_transform
-
+    moved = _move_voxels(data, to_vox2from_vox, grid_shape)
+    if moved is not None:
+        return moved
     return affine_transform(
         data,
         to_vox2from_vox[:3, :3],
@@ -245,3 +246,45 @@ def resample_to_grid(
         mode="constant",
         cval=0,
     )
+
+
+def _move_voxels(data: np.ndarray, to_vox2from_vox: np.ndarray, grid_shape) -> np.ndarray | None:
+    """The resampled array when every target voxel centre falls exactly on a source voxel centre
+    (the voxel map is an axis permutation with flips and an integer shift): then resampling is a
+    copy of voxels, the result of any interpolation order, made with slicing ~10x faster than
+    ``affine_transform``. None when the grids are not related that way.
+
+    This is the common case (BraTS and most T1CE images are axis-aligned at 1 mm), so it is worth
+    its few lines.
+    """
+    matrix, shift = to_vox2from_vox[:3, :3], to_vox2from_vox[:3, 3]
+    rounded_matrix, rounded_shift = np.rint(matrix), np.rint(shift)
+    if not (
+        np.allclose(matrix, rounded_matrix, atol=1e-6)
+        and np.allclose(shift, rounded_shift, atol=1e-4)
+        and np.array_equal(np.abs(rounded_matrix).sum(axis=0), [1, 1, 1])
+        and np.array_equal(np.abs(rounded_matrix).sum(axis=1), [1, 1, 1])
+    ):
+        return None
+    # target axis k reads source axis axes[k], forwards (sign +1) or backwards (-1)
+    axes = [int(np.flatnonzero(rounded_matrix[:, k])[0]) for k in range(3)]
+    signs = [int(rounded_matrix[axes[k], k]) for k in range(3)]
+    source = np.transpose(data, axes)
+    offsets = []
+    for k in range(3):
+        offset = int(rounded_shift[axes[k]])
+        if signs[k] < 0:  # index = offset - o; after flipping the axis: (n - 1 - offset) + o
+            source = np.flip(source, axis=k)
+            offset = source.shape[k] - 1 - offset
+        offsets.append(offset)
+    out = np.zeros(grid_shape, dtype=data.dtype)
+    target, taken = [], []
+    for k in range(3):
+        lo = max(0, -offsets[k])
+        hi = min(grid_shape[k], source.shape[k] - offsets[k])
+        if hi <= lo:
+            return out  # no overlap at all
+        target.append(slice(lo, hi))
+        taken.append(slice(lo + offsets[k], hi + offsets[k]))
+    out[tuple(target)] = source[tuple(taken)]
+    return out
