@@ -1,0 +1,777 @@
+"""Synthetic brain-MRI phantoms written in the exact file layouts of the real data sets.
+
+The phantoms let every part of the pipeline (discovery, preprocessing, training, evaluation) run
+end to end on a laptop or in CI without the licensed data, and let tests check geometry and label
+logic against a known truth. They are not a substitute for real data in any reported figure.
+
+How a subject is made:
+
+1. **Anatomy**: the MNI152 (2009c) 1 mm template's grey-matter, white-matter and brain maps from
+   nilearn (offline), optionally resampled to a coarser isotropic grid (``size``). Each subject warps
+   them with its own random affine (rotation, scaling) and smooth non-linear displacement.
+2. **Lesions**, drawn in millimetres on the subject's grid: ``bml`` gets one to four brain
+   metastases (3-20 mm) at the grey/white-matter junction, each an enhancing rim around a necrotic
+   centre with vasogenic edema spreading through white matter; BraTS gets one glioma with a
+   necrotic centre (NCR), an enhancing rim (ET) and surrounding edema (ED). Internally the lesion
+   map uses the BraTS 2023 values (1 NCR, 2 ED, 3 ET).
+3. **Contrast**: each modality (T1, T1ce, T2, FLAIR) maps tissue classes to typical relative
+   intensities, jittered per subject, with a smooth texture, a multiplicative bias field and Rician
+   noise; zero outside the brain (skull-stripped); stored as int16 like most real releases.
+4. **Layout**: files named and placed exactly as in the real releases (see :func:`case_ids`),
+   including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and some
+   cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
+
+Subject ``i`` of data set ``kind`` depends only on ``(seed, kind, i, size)``: the same call writes
+byte-identical files, and a larger ``n`` only appends subjects.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_json
+
+SYNTH_VERSION = 1
+KINDS = ("bml", "brats2021", "brats2023")
+MODALITIES = ("t1", "t1ce", "t2", "flair")  # internal names; each layout renames them
+
+MIN_SIZE = 32  # below this a 2.5-voxel lesion no longer fits the bml tumour budget
+MIN_LESION_DIAMETER_VOXELS = 2.5  # lesions stay visible on coarse grids
+BML_MAX_TUMOUR_FRACTION = 0.02  # whole tumour / brain volume, per bml case
+PARTIAL_VOLUME_SIGMA_VOXELS = 0.4  # blur of lesion class maps before mixing intensities
+INTENSITY_GAIN_RANGE = (400.0, 1200.0)  # scanner units of white matter, drawn per modality
+
+# Internal lesion values (the BraTS 2023 convention).
+NCR, ED, ET = 1, 2, 3
+
+_KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS)}
+_FULL_3X3X3 = np.ones((3, 3, 3), dtype=bool)
+
+
+# ================================================================================================
+# Anatomy
+# ================================================================================================
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Tissue probability maps on one grid, each (X, Y, Z) float32 in [0, 1].
+
+    Attributes:
+        affine: (4, 4) voxel -> world (mm, RAS) of the grid; axis-aligned, isotropic.
+        gm, wm: grey- and white-matter probabilities.
+        brain: brain probability (the template's brain mask, smoothed by resampling); the
+            skull-stripping mask is ``brain > 0.5`` and CSF is what is brain but neither GM nor WM.
+    """
+
+    affine: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.gm.shape
+
+    @property
+    def spacing(self) -> float:
+        """Isotropic voxel size in mm."""
+        return float(abs(self.affine[0, 0]))
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.brain > 0.5
+
+    @property
+    def csf(self) -> np.ndarray:
+        return np.clip(self.brain - self.gm - self.wm, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _mni_anatomy() -> Anatomy:
+    """The 1 mm MNI152 template maps from nilearn (bundled, no download); loaded once per process."""
+    from nilearn import datasets  # slow import, only needed here
+
+    template = datasets.load_mni152_template(resolution=1)
+    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
+    brain = (template.get_fdata(dtype=np.float32) > 0).astype(np.float32)
+    return Anatomy(affine=template.affine.copy(), gm=gm, wm=wm, brain=brain)
+
+
+@functools.lru_cache(maxsize=4)
+def template_anatomy(size: int | None = None) -> Anatomy:
+    """The MNI anatomy, resampled so its longest axis has ``size`` voxels (None: native 1 mm).
+
+    The coarse grid keeps the template's field of view: voxel ``i`` covers native voxels
+    ``[i * s, (i + 1) * s)`` with ``s = longest_axis / size`` mm, and the affine says so. An
+    anti-aliasing Gaussian precedes the linear interpolation.
+    """
+    native = _mni_anatomy()
+    if size is None:
+        return native
+    step = max(native.shape) / size  # native voxels per coarse voxel = coarse spacing in mm
+    shape = tuple(int(round(n / step)) for n in native.shape)
+    offset = (step - 1.0) / 2.0  # coarse voxel centre in native voxel coordinates
+
+    def resample(volume: np.ndarray) -> np.ndarray:
+        smooth = ndi.gaussian_filter(volume, sigma=max(step - 1.0, 0.0) / 2.0)
+        return ndi.affine_transform(
+            smooth, [step] * 3, offset=offset, output_shape=shape, order=1, output=np.float32
+        )
+
+    scale = np.diag([step, step, step, 1.0])
+    scale[:3, 3] = offset
+    return Anatomy(
+        affine=native.affine @ scale,
+        gm=resample(native.gm),
+        wm=resample(native.wm),
+        brain=resample(native.brain),
+    )
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], n_control: int) -> np.ndarray:
+    """A smooth random field on ``shape`` with zero mean and unit SD, float32.
+
+    Normal values on an ``n_control``-point grid per axis are upsampled with a cubic spline to a
+    small intermediate grid, then linearly to ``shape`` (a full-size cubic zoom costs seconds).
+    """
+    control = rng.standard_normal((n_control,) * len(shape))
+    mid = ndi.zoom(control, 4, order=3)
+    field = ndi.zoom(mid, [n / m for n, m in zip(shape, mid.shape)], order=1, output=np.float32)
+    field -= field.mean()
+    field /= max(float(field.std()), 1e-6)
+    return field
+
+
+def _deform(template: Anatomy, rng: np.random.Generator) -> Anatomy:
+    """One subject's anatomy: the template warped by a random affine and a smooth displacement.
+
+    The affine rotates up to 5 degrees about each axis and scales each axis by 0.92-1.08 about
+    the brain's centre; the displacement field is smooth (about 5 control points per axis) with a
+    peak of 1.5-4 mm. The output grid is the template's grid.
+    """
+    shape, spacing = template.shape, template.spacing
+    angles = np.deg2rad(rng.uniform(-5, 5, size=3))
+    matrix = _rotation_matrix(angles) @ np.diag(rng.uniform(0.92, 1.08, size=3))
+    centre = np.argwhere(template.mask).mean(axis=0)
+    peak_mm = rng.uniform(1.5, 4.0)
+    displacement = [
+        _smooth_field(rng, shape, 5) * (peak_mm / 3.0 / spacing) for _ in range(3)
+    ]  # unit SD scaled so that +-3 SD is the peak, in voxels
+
+    axes = [np.arange(n, dtype=np.float32) - c for n, c in zip(shape, centre)]
+    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+    coords = [
+        centre[i] + sum(matrix[i, j] * grids[j] for j in range(3)) + displacement[i]
+        for i in range(3)
+    ]
+
+    def warp(volume: np.ndarray) -> np.ndarray:
+        return ndi.map_coordinates(volume, coords, order=1, mode="constant", output=np.float32)
+
+    return Anatomy(
+        affine=template.affine,
+        gm=warp(template.gm),
+        wm=warp(template.wm),
+        brain=warp(template.brain),
+    )
+
+
+def _rotation_matrix(angles: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation by ``angles`` (radians) about the x, y then z axis."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# ================================================================================================
+# Lesions
+# ================================================================================================
+
+
+@dataclass(frozen=True)
+class LesionShape:
+    """One lesion's geometry, in mm.
+
+    The core is a lumpy ellipsoid: along direction ``d`` its radius is
+    ``core_radius_mm * |axes-scaled d| * (1 + sum_k a_k cos(pi f_k (d . v_k) + phi_k))``.
+
+    Attributes:
+        core_radius_mm: mean radius of the tumour core (enhancing rim + necrosis).
+        necrosis_fraction: necrotic centre radius as a fraction of the core radius.
+        edema_margin_mm: how far edema reaches beyond the core in pure white matter.
+        edema_floor: fraction of that reach in tissue without white matter (0: edema only in WM).
+        axes: (3,) elongation of the core along its own axes.
+        rotation: (3, 3) orientation of those axes.
+        lobes: (K, 6) rows ``(a_k, f_k, phi_k, v_k)`` of the lumpiness terms.
+    """
+
+    core_radius_mm: float
+    necrosis_fraction: float
+    edema_margin_mm: float
+    edema_floor: float
+    axes: np.ndarray
+    rotation: np.ndarray
+    lobes: np.ndarray
+
+    def shrunk(self, factor: float, min_radius_mm: float) -> LesionShape:
+        """The same lesion, ``factor`` times smaller (core not below ``min_radius_mm``)."""
+        return LesionShape(
+            core_radius_mm=max(self.core_radius_mm * factor, min_radius_mm),
+            necrosis_fraction=self.necrosis_fraction,
+            edema_margin_mm=self.edema_margin_mm * factor,
+            edema_floor=self.edema_floor,
+            axes=self.axes,
+            rotation=self.rotation,
+            lobes=self.lobes,
+        )
+
+
+def _random_shape(
+    rng: np.random.Generator,
+    core_radius_mm: float,
+    necrosis_fraction: float,
+    edema_margin_mm: float,
+    edema_floor: float,
+    lumpiness: float,
+) -> LesionShape:
+    directions = rng.standard_normal((3, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    lobes = np.column_stack(
+        [
+            rng.uniform(0, lumpiness, 3),  # amplitude
+            rng.uniform(1, 3, 3),  # angular frequency
+            rng.uniform(0, 2 * np.pi, 3),  # phase
+            directions,
+        ]
+    )
+    return LesionShape(
+        core_radius_mm=core_radius_mm,
+        necrosis_fraction=necrosis_fraction,
+        edema_margin_mm=edema_margin_mm,
+        edema_floor=edema_floor,
+        axes=rng.uniform(0.85, 1.15, 3),
+        rotation=_rotation_matrix(rng.uniform(-np.pi, np.pi, 3)),
+        lobes=lobes,
+    )
+
+
+@dataclass(frozen=True)
+class LesionMasks:
+    """Boolean masks of one lesion inside the box ``box`` (tuple of slices) of the grid.
+
+    ``core_in_brain`` says whether the whole core fell inside the brain (nothing was clipped).
+    """
+
+    box: tuple[slice, slice, slice]
+    core_in_brain: bool
+    core: np.ndarray
+    necrosis: np.ndarray
+    whole: np.ndarray
+
+
+def _draw_lesion(
+    shape: LesionShape, centre: np.ndarray, anatomy: Anatomy, edema_ring: bool
+) -> LesionMasks:
+    """Rasterise ``shape`` at voxel position ``centre`` (3,) on ``anatomy``'s grid.
+
+    The necrotic centre is kept one voxel (26-connected) inside the core, so the enhancing rim
+    always encloses it; it holds at least the core's innermost such voxel, so it survives on
+    coarse grids wherever the core is thick enough for a rim around it. With ``edema_ring`` the whole tumour also holds a one-voxel edema ring
+    around the core (BraTS gliomas: ED encloses TC) wherever that ring is brain. Everything is
+    clipped to the brain mask.
+    """
+    spacing = anatomy.spacing
+    max_lobe = 1.0 + shape.lobes[:, 0].sum()
+    # furthest whole-tumour voxel from the centre, in mm (the edema test below, solved for mm)
+    reach_mm = shape.axes.max() * (
+        shape.core_radius_mm * max_lobe + shape.edema_margin_mm / shape.axes.mean()
+    )
+    half = int(np.ceil(reach_mm / spacing)) + 2
+    lower = np.maximum(np.floor(centre).astype(int) - half, 0)
+    upper = np.minimum(np.floor(centre).astype(int) + half + 1, anatomy.shape)
+    box = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper))
+
+    offsets = np.stack(
+        np.meshgrid(*[np.arange(s.start, s.stop) - c for s, c in zip(box, centre)], indexing="ij"),
+        axis=-1,
+    ) * spacing  # (x, y, z, 3) mm from the centre
+    local = offsets @ shape.rotation / shape.axes  # in the lesion's own, normalised axes
+    distance = np.linalg.norm(local, axis=-1)
+    direction = local / np.maximum(distance, 1e-6)[..., None]
+    lumps = 1.0 + sum(
+        a * np.cos(np.pi * f * (direction @ v) + phi)
+        for a, f, phi, *v in shape.lobes
+    )
+    core_radius = shape.core_radius_mm * lumps  # mm, per direction
+    rho = distance / core_radius  # 1 on the core surface
+
+    brain = anatomy.mask[box]
+    core = (rho <= 1.0) & brain
+    core_interior = ndi.binary_erosion(core, _FULL_3X3X3)
+    necrosis = (rho <= shape.necrosis_fraction) & core_interior
+    if core_interior.any():
+        necrosis |= core_interior & (rho == rho[core_interior].min())
+    wm = anatomy.wm[box]
+    reach = shape.edema_margin_mm * (shape.edema_floor + (1.0 - shape.edema_floor) * wm)
+    whole = core | (((distance - core_radius) * shape.axes.mean() <= reach) & brain)
+    if edema_ring:
+        whole |= ndi.binary_dilation(core, _FULL_3X3X3) & brain
+    core_in_brain = not ((rho <= 1.0) & ~brain).any()
+    return LesionMasks(
+        box=box, core_in_brain=core_in_brain, core=core, necrosis=necrosis, whole=whole
+    )
+
+
+def _fits(masks: LesionMasks, lesions: np.ndarray, need_necrosis: bool) -> bool:
+    """A lesion fits when its core lies wholly inside the brain, its whole tumour, grown by a
+    voxel, touches no lesion already placed, and (``need_necrosis``) it has a necrotic centre."""
+    if not masks.core_in_brain or not masks.core.any():
+        return False
+    if need_necrosis and not masks.necrosis.any():
+        return False
+    return not (ndi.binary_dilation(masks.whole, _FULL_3X3X3) & (lesions[masks.box] > 0)).any()
+
+
+def _paint(masks: LesionMasks, lesions: np.ndarray) -> None:
+    """Write one lesion into the internal lesion map (1 NCR, 2 ED, 3 ET) in place."""
+    view = lesions[masks.box]
+    view[masks.whole] = ED
+    view[masks.core] = ET
+    view[masks.necrosis] = NCR
+
+
+def _place(
+    rng: np.random.Generator,
+    shapes: list[LesionShape],
+    candidates: np.ndarray,
+    anatomy: Anatomy,
+    glioma: bool,
+    min_radius_mm: float,
+    max_whole_voxels: int,
+) -> np.ndarray:
+    """Place ``shapes`` at random ``candidates`` (N, 3) voxel positions; returns the lesion map.
+
+    A ``glioma`` gets a one-voxel edema ring and must show a necrotic centre (BraTS: NCR inside
+    ET inside ED); metastases may be too small for a visible necrosis.
+
+    Each lesion gets 40 tries; every 10 failed tries shrink it by 20 % (a large lesion may fit
+    nowhere, or exceed the budget of ``max_whole_voxels`` whole-tumour voxels in all). A lesion that
+    never fits is dropped, except the first: every case has at least one lesion.
+    """
+    lesions = np.zeros(anatomy.shape, dtype=np.uint8)
+    for number, shape in enumerate(shapes):
+        for attempt in range(40):
+            centre = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+            masks = _draw_lesion(shape, centre, anatomy, edema_ring=glioma)
+            within_budget = np.count_nonzero(lesions) + masks.whole.sum() <= max_whole_voxels
+            if within_budget and _fits(masks, lesions, need_necrosis=glioma):
+                _paint(masks, lesions)
+                break
+            if attempt % 10 == 9:
+                shape = shape.shrunk(0.8, min_radius_mm)
+        else:
+            if number == 0:
+                raise RuntimeError(
+                    "could not place a lesion in the phantom; the grid may be too coarse "
+                    f"({anatomy.spacing:.1f} mm voxels)"
+                )
+    return lesions
+
+
+def _metastases(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
+    """Lesion map (X, Y, Z) uint8 of one to four brain metastases (3-20 mm diameter, log-uniform,
+    at least 2.5 voxels) at the grey/white-matter junction; whole tumour under 2 % of the brain."""
+    min_radius_mm = MIN_LESION_DIAMETER_VOXELS * anatomy.spacing / 2.0
+    n_lesions = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))
+    shapes = []
+    for _ in range(n_lesions):
+        radius = max(np.exp(rng.uniform(np.log(3.0), np.log(20.0))) / 2.0, min_radius_mm)
+        shapes.append(
+            _random_shape(
+                rng,
+                core_radius_mm=radius,
+                necrosis_fraction=rng.uniform(0.3, 0.6),
+                edema_margin_mm=radius * rng.uniform(0.5, 2.0) + rng.uniform(0.0, 5.0),
+                edema_floor=0.1,  # vasogenic edema spreads through white matter, spares cortex
+                lumpiness=0.06,
+            )
+        )
+    junction = (anatomy.gm > 0.3) & (anatomy.wm > 0.3) & anatomy.mask
+    # 0.9 x the limit: voxel counts of the test and of readers may differ slightly
+    budget = int(0.9 * BML_MAX_TUMOUR_FRACTION * np.count_nonzero(anatomy.mask))
+    return _place(
+        rng, shapes, np.argwhere(junction), anatomy, glioma=False, min_radius_mm=min_radius_mm,
+        max_whole_voxels=budget,
+    )
+
+
+def _glioma(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
+    """Lesion map (X, Y, Z) uint8 of one glioma centred in white matter: core radius 12-25 mm (at
+    least 2.5 voxels, so a necrotic centre survives inside a one-voxel rim), edema 8-25 mm beyond,
+    reaching further in white matter."""
+    min_radius_mm = 2.5 * anatomy.spacing
+    shape = _random_shape(
+        rng,
+        core_radius_mm=max(rng.uniform(12.0, 25.0), min_radius_mm),
+        necrosis_fraction=rng.uniform(0.35, 0.7),
+        edema_margin_mm=rng.uniform(8.0, 25.0),
+        edema_floor=0.4,
+        lumpiness=0.15,
+    )
+    deep_white_matter = (anatomy.wm > 0.6) & anatomy.mask
+    return _place(
+        rng,
+        [shape],
+        np.argwhere(deep_white_matter),
+        anatomy,
+        glioma=True,
+        min_radius_mm=min_radius_mm,
+        max_whole_voxels=np.count_nonzero(anatomy.mask),
+    )
+
+
+# ================================================================================================
+# Modality contrast
+# ================================================================================================
+
+# Relative mean intensity of each tissue class per modality (white matter near 0.5-0.85).
+# T1: WM > GM > CSF; T1ce adds a bright enhancing rim; T2: CSF and edema bright;
+# FLAIR: like T2 with CSF suppressed, so edema is the brightest tissue.
+CONTRAST: dict[str, dict[str, float]] = {
+    "t1": dict(csf=0.30, gm=0.62, wm=0.85, edema=0.55, necrosis=0.35, enhancing=0.62),
+    "t1ce": dict(csf=0.28, gm=0.60, wm=0.80, edema=0.55, necrosis=0.30, enhancing=1.60),
+    "t2": dict(csf=1.00, gm=0.55, wm=0.40, edema=0.85, necrosis=0.95, enhancing=0.65),
+    "flair": dict(csf=0.12, gm=0.62, wm=0.48, edema=0.95, necrosis=0.55, enhancing=0.80),
+}
+_LESION_CLASSES = {"necrosis": NCR, "edema": ED, "enhancing": ET}
+
+
+def _lesion_fractions(lesions: np.ndarray) -> dict[str, np.ndarray]:
+    """Partial-volume fraction (X, Y, Z) float32 of each lesion class: its mask, slightly blurred."""
+    return {
+        name: ndi.gaussian_filter((lesions == value).astype(np.float32), PARTIAL_VOLUME_SIGMA_VOXELS)
+        for name, value in _LESION_CLASSES.items()
+    }
+
+
+def _render(
+    modality: str,
+    anatomy: Anatomy,
+    fractions: dict[str, np.ndarray],
+    texture: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Noise-free image (X, Y, Z) float32 of one modality in relative units, zero outside the brain.
+
+    Tissue means are jittered by +-8 % per subject; a texture adds 3 % variation in healthy tissue
+    and 10 % in lesions; a smooth bias field multiplies everything by exp(N(0, SD 3-12 %)).
+    """
+    means = {name: value * rng.uniform(0.92, 1.08) for name, value in CONTRAST[modality].items()}
+    brain = np.maximum(anatomy.brain, 1e-3)  # tissue mix of each voxel, as if all of it were brain
+    healthy = (anatomy.csf * means["csf"] + anatomy.gm * means["gm"] + anatomy.wm * means["wm"]) / brain
+    lesion_total = sum(fractions.values())
+    image = (1.0 - lesion_total) * healthy
+    for name, fraction in fractions.items():
+        image += fraction * means[name]
+    image *= 1.0 + (0.03 + 0.07 * lesion_total) * texture
+    image *= np.exp(rng.uniform(0.03, 0.12) * _smooth_field(rng, anatomy.shape, 4))
+    image[~anatomy.mask] = 0.0
+    return image.astype(np.float32)
+
+
+def _acquire(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scanner image (X, Y, Z) int16 from a relative one: a random gain and Rician noise (SD 2-5 %
+    of white matter; close to Gaussian at these SNRs) inside ``mask``, zero outside."""
+    gain = rng.uniform(*INTENSITY_GAIN_RANGE)
+    sigma = rng.uniform(0.02, 0.05) * 0.6  # relative units: white matter sits near 0.6
+    signal = image[mask]
+    real = signal + sigma * rng.standard_normal(signal.shape)
+    imaginary = sigma * rng.standard_normal(signal.shape)
+    out = np.zeros(image.shape, dtype=np.int16)
+    out[mask] = np.clip(np.rint(gain * np.hypot(real, imaginary)), 1, np.iinfo(np.int16).max)
+    return out
+
+
+def _texture(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
+    """Unit-SD texture (X, Y, Z) float32 with a correlation length of about 8 mm."""
+    n_control = max(4, int(round(max(anatomy.shape) * anatomy.spacing / 24.0)))
+    return _smooth_field(rng, anatomy.shape, n_control)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One synthetic subject on the template grid.
+
+    Attributes:
+        anatomy: the subject's warped tissue maps.
+        lesions: (X, Y, Z) uint8 lesion map, 1 NCR, 2 ED, 3 ET.
+        images: modality -> (X, Y, Z) float32 noise-free image in relative units.
+    """
+
+    anatomy: Anatomy
+    lesions: np.ndarray
+    images: dict[str, np.ndarray]
+
+
+def _make_subject(
+    rng: np.random.Generator, template: Anatomy, tumour: str, modalities: tuple[str, ...]
+) -> Subject:
+    anatomy = _deform(template, rng)
+    lesions = _metastases(rng, anatomy) if tumour == "metastases" else _glioma(rng, anatomy)
+    fractions = _lesion_fractions(lesions)
+    texture = _texture(rng, anatomy)
+    images = {m: _render(m, anatomy, fractions, texture, rng) for m in modalities}
+    return Subject(anatomy=anatomy, lesions=lesions, images=images)
+
+
+# ================================================================================================
+# Writing files
+# ================================================================================================
+
+
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """Gzipped NIfTI-1 of ``array`` with ``affine`` in both qform and sform (scanner space, mm).
+
+    Compressed here, with the gzip timestamp fixed, so the same data always give the same bytes.
+    """
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header["descrip"] = f"sgnet synthetic phantom v{SYNTH_VERSION}".encode()
+    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    atomic_write_bytes(path, _nifti_bytes(array, affine))
+
+
+def _subject_rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _KIND_NUMBER[kind], index])
+
+
+# ================================================================================================
+# Layout: Brain-Mets-Lung-MRI-Path-Segs
+# ================================================================================================
+
+
+def bml_missing_labels(case_number: int) -> frozenset[str]:
+    """Label files (``"core"``, ``"whole"``) that case ``BML-<case_number>`` (1-based) lacks.
+
+    Like the release (107 of 111 cases with core, 104 with whole), about one case in eight lacks a
+    label: every eighth case, cycling through missing core, missing whole, missing both.
+    Cases 1 to 7 always have both, so small test sets are complete.
+    """
+    if case_number < 1:
+        raise ValueError(f"case_number must be >= 1, got {case_number}")
+    if case_number % 8:
+        return frozenset()
+    return [frozenset({"core"}), frozenset({"whole"}), frozenset({"core", "whole"})][
+        (case_number // 8 - 1) % 3
+    ]
+
+
+def _flair_grid(
+    rng: np.random.Generator, affine: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A FLAIR acquisition grid covering the same head as the T1ce grid (``affine``, ``shape``).
+
+    In-plane voxels 0.85-1.15 times the T1ce spacing, thicker axial slices (3-5 mm, at least
+    1.4-2 times the T1ce spacing), and a field of view shifted by up to 10 mm with up to 10 mm of
+    extra margin per side: a different shape, spacing and origin, but the same physical brain.
+    """
+    spacing = abs(affine[0, 0])
+    flair_spacing = np.array(
+        [
+            spacing * rng.uniform(0.85, 1.15),
+            spacing * rng.uniform(0.85, 1.15),
+            max(rng.uniform(3.0, 5.0), spacing * rng.uniform(1.4, 2.0)),
+        ]
+    )
+    extent_mm = np.array(shape) * spacing
+    margin_mm = rng.uniform(0.0, 10.0, 3)
+    flair_shape = tuple(int(n) for n in np.ceil((extent_mm + 2 * margin_mm) / flair_spacing))
+    first_corner = affine[:3, 3] - spacing / 2.0 - margin_mm + rng.uniform(-10.0, 10.0, 3)
+    flair_affine = np.diag([*flair_spacing, 1.0])
+    flair_affine[:3, 3] = first_corner + flair_spacing / 2.0
+    return flair_affine, flair_shape
+
+
+def _to_grid(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Resample ``volume`` (on ``affine``) onto an axis-aligned target grid by world coordinates.
+
+    Each target voxel averages over its own thickness: a Gaussian along each axis whose target
+    spacing is coarser (FWHM = that spacing) precedes linear interpolation, like a thick slice.
+    """
+    zoom = np.diag(target_affine)[:3] / np.diag(affine)[:3]  # source voxels per target voxel
+    fwhm_to_sigma = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigma = [max(z - 1.0, 0.0) * fwhm_to_sigma for z in zoom]
+    source_index = np.linalg.solve(affine, target_affine)  # target voxel -> source voxel
+    return ndi.affine_transform(
+        ndi.gaussian_filter(volume, sigma),
+        np.diag(source_index)[:3],
+        offset=source_index[:3, 3],
+        output_shape=target_shape,
+        order=1,
+        output=np.float32,
+    )
+
+
+def _write_bml_case(
+    case_dir: Path, case: str, case_number: int, template: Anatomy, rng: np.random.Generator
+) -> None:
+    subject = _make_subject(rng, template, "metastases", ("t1ce", "flair"))
+    affine, anatomy = template.affine, subject.anatomy
+    core = np.isin(subject.lesions, (NCR, ET))
+    whole = subject.lesions > 0
+    flair_affine, flair_shape = _flair_grid(rng, affine, anatomy.shape)
+    flair_mask = _to_grid(anatomy.brain, affine, flair_affine, flair_shape) > 0.5
+    flair = _to_grid(subject.images["flair"], affine, flair_affine, flair_shape)
+    flair_whole = _to_grid(whole.astype(np.float32), affine, flair_affine, flair_shape) >= 0.5
+    files = {
+        "t1ce_img": (_acquire(subject.images["t1ce"], anatomy.mask, rng), affine),
+        "flair_img": (_acquire(flair, flair_mask, rng), flair_affine),
+        "core_seg": (core.astype(np.uint8), affine),
+        "whole_seg": ((flair_whole & flair_mask).astype(np.uint8), flair_affine),
+    }
+    missing = bml_missing_labels(case_number)
+    for part, (array, part_affine) in files.items():
+        path = case_dir / f"{case}_{part}.nii.gz"
+        if part.endswith("_seg") and part.removesuffix("_seg") in missing:
+            path.unlink(missing_ok=True)  # a rerun must not leave an older label behind
+            continue
+        _write_nifti(path, array, part_affine)
+
+
+# ================================================================================================
+# Layout: BraTS 2021 and BraTS 2023 GLI
+# ================================================================================================
+
+# File suffix of each internal modality, and the label value of NCR, ED, ET, per edition.
+_BRATS_LAYOUT = {
+    "brats2021": {
+        "suffixes": {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"},
+        "separator": "_",
+        "labels": {NCR: 1, ED: 2, ET: 4},
+    },
+    "brats2023": {
+        "suffixes": {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"},
+        "separator": "-",
+        "labels": {NCR: 1, ED: 2, ET: 3},
+    },
+}
+
+
+def _write_brats_case(
+    case_dir: Path, case: str, kind: str, template: Anatomy, rng: np.random.Generator
+) -> None:
+    layout = _BRATS_LAYOUT[kind]
+    subject = _make_subject(rng, template, "glioma", MODALITIES)
+    sep = layout["separator"]
+    for modality, suffix in layout["suffixes"].items():
+        image = _acquire(subject.images[modality], subject.anatomy.mask, rng)
+        _write_nifti(case_dir / f"{case}{sep}{suffix}.nii.gz", image, template.affine)
+    seg = np.zeros(subject.lesions.shape, dtype=np.uint8)
+    for internal, value in layout["labels"].items():
+        seg[subject.lesions == internal] = value
+    _write_nifti(case_dir / f"{case}{sep}seg.nii.gz", seg, template.affine)
+
+
+# ================================================================================================
+# Public entry point
+# ================================================================================================
+
+
+def case_ids(kind: str, n: int) -> list[str]:
+    """Case IDs of the first ``n`` cases: ``BML-0001``, ``BraTS2021_00000``, ``BraTS-GLI-00000-000``."""
+    _check_kind(kind)
+    if kind == "bml":
+        return [f"BML-{i + 1:04d}" for i in range(n)]
+    if kind == "brats2021":
+        return [f"BraTS2021_{i:05d}" for i in range(n)]
+    return [f"BraTS-GLI-{i:05d}-000" for i in range(n)]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def synthesize_dataset(
+    kind: str,
+    n: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    size: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``n`` synthetic cases of data set ``kind`` under ``out_dir``, in the real file layout.
+
+    Args:
+        kind: ``"bml"``, ``"brats2021"`` or ``"brats2023"``.
+        n: number of cases (>= 1).
+        out_dir: folder to write into (created); one sub-folder per case, plus ``dataset_info.json``.
+        seed: base seed; case ``i`` is drawn from ``(seed, kind, i)`` alone.
+        size: voxels along the longest axis of a coarser isotropic grid (>= 32; e.g. 48 gives
+            4.9 mm voxels and ~0.1 s per case); None keeps the 1 mm MNI grid (197 x 233 x 189).
+        progress: show a tqdm bar over cases.
+
+    Returns:
+        The case folders, in case order. Existing files of the same names are replaced.
+    """
+    _check_kind(kind)
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if size is not None and (not isinstance(size, (int, np.integer)) or size < MIN_SIZE):
+        raise ValueError(f"size must be None or an integer >= {MIN_SIZE}, got {size!r}")
+    out_dir = Path(out_dir)
+    template = template_anatomy(None if size is None else int(size))
+    cases = case_ids(kind, n)
+    case_dirs = []
+    for index, case in enumerate(tqdm(cases, desc=f"synth {kind}", disable=not progress)):
+        case_dir = out_dir / case
+        case_dir.mkdir(parents=True, exist_ok=True)
+        rng = _subject_rng(seed, kind, index)
+        if kind == "bml":
+            _write_bml_case(case_dir, case, index + 1, template, rng)
+        else:
+            _write_brats_case(case_dir, case, kind, template, rng)
+        case_dirs.append(case_dir)
+    info = {
+        "generator": "sgnet_lightning.data.synth",
+        "generator_version": SYNTH_VERSION,
+        "kind": kind,
+        "n": int(n),
+        "seed": int(seed),
+        "size": None if size is None else int(size),
+        "shape": list(template.shape),
+        "spacing_mm": template.spacing,
+        "cases": cases,
+    }
+    if kind == "bml":
+        info["missing_labels"] = {
+            case: sorted(bml_missing_labels(i + 1))
+            for i, case in enumerate(cases)
+            if bml_missing_labels(i + 1)
+        }
+    atomic_write_json(out_dir / "dataset_info.json", info)
+    return case_dirs
