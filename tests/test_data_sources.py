@@ -422,10 +422,10 @@ def test_manifest_refuses_empty_splits_and_missing_labels(tmp_path):
 
 
 def test_check_manifest_reports_every_problem(tmp_path):
-    root = _bml_set(tmp_path / "data", n=10)
+    root = _bml_set(tmp_path / "data", n=11)  # Case010 stays intact
     manifest = make_manifest("bml", root, tmp_path / "m.csv", KFOLD_SMALL, seed=0, progress=False)
     clean = check_manifest(manifest, progress=False)
-    assert clean.ok and clean.problems == [] and clean.n_subjects == 10
+    assert clean.ok and clean.problems == [] and clean.n_subjects == 11
 
     def case(i, part):
         return root / f"Case{i:03d}" / f"Case{i:03d}_{part}.nii.gz"
@@ -439,7 +439,10 @@ def test_check_manifest_reports_every_problem(tmp_path):
     write_nifti(case(3, "t1ce_img"), nan)  # NaN, and an empty label (warning) in the same subject
     write_nifti(case(3, "whole_seg"), np.zeros(SHAPE, np.uint8))
     write_nifti(case(4, "flair_img"), np.zeros(SHAPE, np.float32))  # empty brain
-    write_nifti(case(6, "whole_seg"), tumour() * 3)  # label value 3 in a binary mask
+    two_values = tumour(radius=4)
+    two_values[tumour(radius=2) > 0] = 2
+    write_nifti(case(6, "whole_seg"), two_values)  # a 0/1/2 map where a binary mask belongs
+    write_nifti(case(5, "core_seg"), tumour(radius=2) * 255)  # a 0/255 mask: a warning only
     far = np.eye(4)
     far[:3, 3] = 500.0
     write_nifti(case(7, "flair_img"), brain(), far)  # does not overlap the T1CE
@@ -463,15 +466,16 @@ def test_check_manifest_reports_every_problem(tmp_path):
     assert has(3, "t1ce_img", "contains 1 non-finite voxels (1 NaN, 0 Inf)")
     assert has(3, "whole_seg", "whole_seg is all zero", fatal=False)
     assert has(4, "flair_img", "flair is all zero")
-    assert has(6, "whole_seg", "whole_seg is a 0/3 mask", fatal=False)
+    assert has(6, "whole_seg", "whole_seg holds values 1, 2; expected a binary 0/1 mask")
+    assert has(5, "core_seg", "core_seg is a 0/255 mask, read as 0/1", fatal=False)
     assert has(7, "flair_img", "does not overlap the t1ce image")
     assert has(8, "t1ce_img", "singular")
     assert has(9, "t1ce_img", "changed since the manifest was made")
-    # every rewritten file also fails its hash; without the hash check Case006 (0/3 mask) and
+    # every rewritten file also fails its hash; without the hash check Case005 (0/255 mask) and
     # Case009 (a valid but different file) pass
-    assert report.fatal_subjects == [f"Case{i:03d}" for i in range(10) if i != 5]
+    assert report.fatal_subjects == [f"Case{i:03d}" for i in range(10)]
     no_hashes = check_manifest(manifest, verify_hashes=False, progress=False)
-    assert no_hashes.fatal_subjects == [f"Case{i:03d}" for i in (0, 1, 2, 3, 4, 7, 8)]
+    assert no_hashes.fatal_subjects == [f"Case{i:03d}" for i in (0, 1, 2, 3, 4, 6, 7, 8)]
     assert any(line.startswith("FATAL: subject Case002 [") and "flair is 4D" in line for line in lines)
 
     report.to_json(tmp_path / "report.json")
