@@ -1,0 +1,68 @@
+# sgnet-lightning: every long job is a make target over the `sgnet` command.
+PYTHON ?= python3
+SGNET ?= sgnet
+DATASET ?= bml
+DATA ?=
+PHANTOM_N ?= 24
+PHANTOM_SIZE ?= 64
+CACHE ?= cache
+
+.PHONY: install test test-fast demo phantoms benchmark stats report sweep perf clean help
+
+help:
+	@echo "make install     install the package and its test dependencies"
+	@echo "make demo        phantoms -> benchmark (5 architectures x 2 seeds, CPU) -> stats -> report"
+	@echo "make test        the whole test suite"
+	@echo "make benchmark DATASET=bml DATA=/path/to/data   full multi-seed comparison (GPU box)"
+	@echo "make sweep SPACE=sweeps/sgnet_gate.yaml STORAGE=postgresql://...   Optuna study"
+	@echo "make perf        speed benchmark (seed way vs suite defaults) on this machine's device"
+
+install:
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+# Phantom data sets in the real layouts; the manifests in data_manifests/ were made from exactly these.
+phantoms: data/phantom_bml/dataset_info.json data/phantom_brats2021/dataset_info.json data/phantom_brats2023/dataset_info.json
+
+data/phantom_bml/dataset_info.json:
+	$(SGNET) data synth --kind bml --n $(PHANTOM_N) --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_bml
+data/phantom_brats2021/dataset_info.json:
+	$(SGNET) data synth --kind brats2021 --n 12 --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_brats2021
+data/phantom_brats2023/dataset_info.json:
+	$(SGNET) data synth --kind brats2023 --n 12 --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_brats2023
+
+demo: data/phantom_bml/dataset_info.json
+	$(SGNET) data check data_manifests/phantom_bml.csv --no-hash
+	$(SGNET) benchmark --config experiments/benchmarks/demo.yaml
+	$(SGNET) stats --results runs/demo --reference unet --out runs/demo/stats
+	$(SGNET) report --benchmark runs/demo --out runs/demo/report --reference unet
+	@$(PYTHON) -m sgnet_lightning.analysis.summary runs/demo
+
+benchmark:
+	$(SGNET) benchmark --config experiments/benchmarks/$(DATASET).yaml $(if $(DATA),--data $(DATA),)
+	$(SGNET) stats --results runs/$(DATASET) --reference unet --out runs/$(DATASET)/stats
+	$(SGNET) report --benchmark runs/$(DATASET) --out runs/$(DATASET)/report
+
+stats:
+	$(SGNET) stats --results runs/$(DATASET) --reference unet --out runs/$(DATASET)/stats
+
+report:
+	$(SGNET) report --benchmark runs/$(DATASET) --out runs/$(DATASET)/report --check-browser
+
+SPACE ?= sweeps/sgnet_gate.yaml
+STUDY ?= $(basename $(notdir $(SPACE)))
+STORAGE ?=
+N_TRIALS ?= 20
+sweep:
+	$(SGNET) sweep run $(SPACE) --study $(STUDY) --n-trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE),)
+
+perf:
+	$(SGNET) bench --out runs/perf/bench.json
+
+clean:
+	rm -rf runs cache .pytest_cache
