@@ -71,6 +71,13 @@ def _plain_named_gz(tmp_path):
     return path
 
 
+def _truncated_plain(tmp_path):
+    raw = _good(tmp_path, "ok.nii").read_bytes()
+    path = tmp_path / "trunc.nii"
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
 def _empty(tmp_path):
     path = tmp_path / "empty.nii.gz"
     path.write_bytes(b"")
@@ -97,6 +104,7 @@ BAD_FILES = {
     "empty": (_empty, "empty (0 bytes)"),
     "truncated": (_truncated, "truncated"),
     "corrupt": (_corrupt, "corrupt"),
+    "truncated .nii": (_truncated_plain, "truncated or corrupt"),
     "text .nii": (lambda p: _text(p, "text.nii"), "not a NIfTI file"),
     "text .nii.gz": (lambda p: _text(p, "text.nii.gz"), "not gzip-compressed"),
     "gzipped text": (_gzipped_text, "not a NIfTI file"),
@@ -367,6 +375,8 @@ def test_make_manifest_rows_sidecar_and_root_override(tmp_path):
     assert record.images["t1ce"] == moved / "Case004" / "Case004_t1ce_img.nii.gz"
     assert set(record.labels) == {"whole"} and record.labels["whole"].is_file()
     assert loaded.rows.equals(manifest.rows) and loaded.root == moved
+    with pytest.raises(DataError, match="data folder of the manifest does not exist"):
+        check_manifest(Manifest.load(out, root=tmp_path / "not here"), progress=False)
 
 
 def test_numeric_looking_subject_ids_stay_strings(tmp_path):

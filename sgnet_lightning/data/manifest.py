@@ -163,15 +163,22 @@ def make_manifest(
         progress: show a progress bar while hashing.
     """
     source = get_source(dataset)
-    task_obj = get_task(dataset, task)
-    rule = check_split_rule({**({"seed": seed} if split_rule.get("name") == "kfold" else {}), **split_rule})
+    try:
+        task_obj = get_task(dataset, task)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if isinstance(split_rule, dict) and split_rule.get("name") == "kfold":
+        split_rule = {"seed": seed, **split_rule}
+    rule = check_split_rule(split_rule)
     root = Path(root).absolute()
     records = source.discover(root, exclude=exclude)
 
     needed = source.required_labels(task_obj)
     labelled = [r.subject for r in records if all(n in r.labels for n in needed)]
     if not labelled:
-        raise DataError("?", root, f"no subject has the labels task {task_obj.name!r} needs ({', '.join(needed)})")
+        raise DataError(
+            "?", root, f"no subject has the labels task {task_obj.name!r} needs ({', '.join(needed)})"
+        )
     assignment = assign_splits(labelled, rule)
 
     rows = []
@@ -271,9 +278,14 @@ class Manifest:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False)
         except (ValueError, OSError) as exc:
             raise DataError("?", path, f"manifest cannot be read ({exc})") from exc
-        missing = {"subject", "split", "fold"} - set(rows.columns)
+        if sidecar.get("version", 0) > MANIFEST_VERSION:
+            raise DataError(
+                "?", path, f"manifest version {sidecar['version']} is newer than this code reads "
+                f"({MANIFEST_VERSION}): update sgnet-lightning"
+            )
+        missing = [c for c in _columns(get_source(sidecar["dataset"])) if c not in rows.columns]
         if missing:
-            raise DataError("?", path, f"manifest lacks columns {', '.join(sorted(missing))}")
+            raise DataError("?", path, f"manifest lacks columns {', '.join(missing)}")
         rows["fold"] = pd.to_numeric(rows["fold"].replace("", None)).astype("Int64")
         rows["size_bytes"] = pd.to_numeric(rows["size_bytes"]).astype("int64")
         return cls(
@@ -284,6 +296,15 @@ class Manifest:
             split_rule=sidecar["split_rule"],
             sidecar=sidecar,
         )
+
+    def require_root(self) -> None:
+        """Raise a clear :class:`DataError` when :attr:`root` is not a folder (instead of one
+        "file does not exist" per file)."""
+        if not self.root.is_dir():
+            raise DataError(
+                "?", self.root, "data folder of the manifest does not exist; pass the folder where the "
+                "data are on this machine as root (--root)"
+            )
 
     @property
     def source(self) -> DatasetSource:

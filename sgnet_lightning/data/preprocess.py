@@ -59,6 +59,8 @@ _GRID_TOLERANCE_VOX = 1e-3
 # A resampled grid larger than this means a wrong voxel size in a header (e.g. micrometres), not a
 # brain: refuse it instead of exhausting memory. 512^3 voxels at 1 mm is half a metre each way.
 _MAX_GRID_VOXELS = 512**3
+# PreprocessError lists at most this many failures in its message (all are in .errors)
+_MAX_ERRORS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,10 @@ class PreprocessError(SgnetError):
 
     def __init__(self, errors: list[DataError], folder: Path, n_subjects: int):
         self.errors, self.folder = errors, folder
-        lines = "\n".join(f"  {e}" for e in errors)
+        shown = _MAX_ERRORS_SHOWN
+        lines = "\n".join(f"  {e}" for e in errors[:shown])
+        if len(errors) > shown:
+            lines += f"\n  ... and {len(errors) - shown} more"
         super().__init__(
             f"{len(errors)} of {n_subjects} subjects could not be preprocessed into {folder} "
             f"(the others are cached; fix these or exclude them, then rerun):\n{lines}"
@@ -389,6 +394,7 @@ def preprocess_manifest(
         PreprocessError: listing every subject that failed (after all others are done).
         ConfigError: the cache folder belongs to another data set.
     """
+    manifest.require_root()
     source = manifest.source
     folder = Path(cache_root) / settings.key()
     settings_path = folder / cache.SETTINGS_FILE

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class SubjectRecord:
         return {**self.images, **{f"label_{name}": path for name, path in self.labels.items()}}
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """One data set's naming, channel order and label convention.
 
     Attributes:
@@ -77,10 +78,10 @@ class DatasetSource:
 
     # -- discovery ------------------------------------------------------------------------------
 
+    @abstractmethod
     def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
         """``(subject, part)`` for a file of this data set (part: a modality or a label part), or
         None for any other file."""
-        raise NotImplementedError
 
     def discover(self, root: str | os.PathLike, exclude=()) -> list[SubjectRecord]:
         """Find every subject under ``root`` (any folder depth), sorted by subject ID.
@@ -149,11 +150,12 @@ class DatasetSource:
 
     # -- labels ---------------------------------------------------------------------------------
 
+    @abstractmethod
     def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
         """What is wrong with the distinct values ``values`` of label file ``name``, as
         ``(problem, fatal)`` pairs; empty when nothing is."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_label_map(self, record: SubjectRecord, reference_img) -> np.ndarray | None:
         """The canonical label map (uint8, (X, Y, Z)) on the grid of ``reference_img``.
 
@@ -169,7 +171,6 @@ class DatasetSource:
         Raises:
             DataError: unreadable label file, or values outside the data set's convention.
         """
-        raise NotImplementedError
 
     def _read_label(self, record: SubjectRecord, name: str, grid) -> np.ndarray:
         """One label file's values checked and put on ``grid`` = (shape, affine) (nearest)."""

@@ -161,6 +161,7 @@ def check_manifest(
         progress: show a progress bar.
         workers: processes reading subjects in parallel (1: in this process).
     """
+    manifest.require_root()
     excluded = sorted(set(exclude))
     subjects = [s for s in manifest.subjects if s not in set(excluded)]
     jobs = [
