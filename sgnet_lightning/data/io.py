@@ -138,7 +138,7 @@ def inspect_nifti(
         problem("is not a NIfTI file (nibabel cannot read it)")
         return None, problems
     except Exception as exc:  # nibabel raises many types for damaged headers; name what it said
-        problem(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})")
+        problem(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})".replace("\n", " "))
         return None, problems
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         problem(f"is a {type(img).__name__}, not a NIfTI file")
