@@ -123,9 +123,20 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from sgnet_lightning.evaluation.cli_support import evaluate_command
+    from functools import partial
 
-    return evaluate_command(args)
+    from sgnet_lightning.evaluation.evaluate import evaluate_folders
+    from sgnet_lightning.evaluation.references import dataset_references
+
+    results = evaluate_folders(
+        args.pred, args.ref, args.dataset, args.out, task=args.task,
+        ref_loader=partial(dataset_references, args.dataset), allow_missing=args.allow_missing,
+        workers=args.workers, distances=not args.no_distances, empty_penalty_mm=args.penalty_mm,
+    )
+    summary = results.groupby(["region", "metric"])["value"].mean().unstack("metric")
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"{results['subject'].nunique()} subjects scored; tidy rows in {args.out}")
+    return 0
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:

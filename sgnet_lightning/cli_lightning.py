@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningCLI
 
 from sgnet_lightning.data.datamodule import SegmentationDataModule
@@ -15,11 +17,24 @@ class SuiteCLI(LightningCLI):
     data set (modalities) and the task (regions), so a model config works on every data set.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, instantiate: bool = True, **kwargs):
+        self._instantiate = instantiate
         kwargs.setdefault("save_config_callback", None)  # the experiment writes config.yaml itself
-        super().__init__(SegmentationModule, SegmentationDataModule, subclass_mode_model=False,
-                         subclass_mode_data=False, **kwargs)
+        # The suite always hands LightningCLI its arguments explicitly; hide the process's own argv
+        # (the `sgnet` command line) so LightningCLI does not warn about receiving both.
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            super().__init__(SegmentationModule, SegmentationDataModule, subclass_mode_model=False,
+                             subclass_mode_data=False, **kwargs)
+        finally:
+            sys.argv = argv
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_channels", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.num_regions", "model.out_channels", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        # instantiate=False validates a config (types, unknown keys) without touching data or model:
+        # used to check every shipped config, including those for data sets absent here
+        if self._instantiate:
+            super().instantiate_classes()

@@ -96,9 +96,10 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
         cli = SuiteCLI(
             args=["--config", str(config_file), *overrides],
             run=False,
-            trainer_defaults={"default_root_dir": str(run_dir), "logger": loggers,
+            trainer_defaults={"default_root_dir": str(run_dir), "logger": False,
                               "callbacks": [checkpoint, *callbacks]},
         )
+    cli.trainer.loggers = loggers  # set after parsing: logger objects are not config values
     resolved = cli.parser.dump(cli.config, format="yaml", skip_none=False)
     atomic_write_text(run_dir / "config.yaml", resolved + yaml.safe_dump({"run": config.get("run", {})}))
     return cli.model, cli.datamodule, cli.trainer

@@ -110,10 +110,7 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
 
 def _save(image: nib.Nifti1Image, path: Path, dtype) -> Path:
     """Write ``image`` with ``dtype`` atomically (temporary name, then rename)."""
-    data = np.asarray(image.dataobj)
-    if data.ndim == 4 and data.shape[0] < data.shape[-1]:  # (C, X, Y, Z) -> NIfTI's (X, Y, Z, C)
-        data = np.moveaxis(data, 0, -1)
-    out = nib.Nifti1Image(data.astype(dtype), image.affine)
+    out = nib.Nifti1Image(np.asarray(image.dataobj).astype(dtype), image.affine)
     out.set_qform(image.affine, code=1)
     out.set_sform(image.affine, code=1)
     atomic_write_bytes(path, out.to_bytes() if not str(path).endswith(".gz") else _gzip(out.to_bytes()))
