@@ -6,9 +6,10 @@ logic against a known truth. They are not a substitute for real data in any repo
 
 How a subject is made:
 
-1. **Anatomy**: the MNI152 (2009c) 1 mm template's grey-matter, white-matter and brain maps from
-   nilearn (offline), optionally resampled to a coarser isotropic grid (``size``). Each subject warps
-   them with its own random affine (rotation, scaling) and smooth non-linear displacement.
+1. **Anatomy**: the MNI152 (2009c) 1 mm template's grey-matter, white-matter and brain maps
+   from nilearn (offline), optionally resampled to a coarser isotropic grid (``size``). Each
+   subject warps them with its own random affine (rotation, scaling) and smooth non-linear
+   displacement.
 2. **Lesions**, drawn in millimetres on the subject's grid: ``bml`` gets one to four brain
    metastases (3-20 mm) at the grey/white-matter junction, each an enhancing rim around a necrotic
    centre with vasogenic edema spreading through white matter; BraTS gets one glioma with a
@@ -98,14 +99,14 @@ class Anatomy:
 
 @functools.lru_cache(maxsize=1)
 def _mni_anatomy() -> Anatomy:
-    """The 1 mm MNI152 template maps from nilearn (bundled, no download); loaded once per process."""
+    """The 1 mm MNI152 template maps from nilearn (bundled, no download), once per process."""
     from nilearn import datasets  # slow import, only needed here
 
     template = datasets.load_mni152_template(resolution=1)
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     brain = (template.get_fdata(dtype=np.float32) > 0).astype(np.float32)
-    return Anatomy(affine=template.affine.copy(), gm=gm, wm=wm, brain=brain)
+    return _read_only(Anatomy(affine=template.affine.copy(), gm=gm, wm=wm, brain=brain))
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,12 +132,21 @@ def template_anatomy(size: int | None = None) -> Anatomy:
 
     scale = np.diag([step, step, step, 1.0])
     scale[:3, 3] = offset
-    return Anatomy(
-        affine=native.affine @ scale,
-        gm=resample(native.gm),
-        wm=resample(native.wm),
-        brain=resample(native.brain),
+    return _read_only(
+        Anatomy(
+            affine=native.affine @ scale,
+            gm=resample(native.gm),
+            wm=resample(native.wm),
+            brain=resample(native.brain),
+        )
     )
+
+
+def _read_only(anatomy: Anatomy) -> Anatomy:
+    """Freeze the arrays of a cached anatomy: every later subject shares them."""
+    for array in (anatomy.affine, anatomy.gm, anatomy.wm, anatomy.brain):
+        array.flags.writeable = False
+    return anatomy
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], n_control: int) -> np.ndarray:
@@ -290,9 +300,9 @@ def _draw_lesion(
 
     The necrotic centre is kept one voxel (26-connected) inside the core, so the enhancing rim
     always encloses it; it holds at least the core's innermost such voxel, so it survives on
-    coarse grids wherever the core is thick enough for a rim around it. With ``edema_ring`` the whole tumour also holds a one-voxel edema ring
-    around the core (BraTS gliomas: ED encloses TC) wherever that ring is brain. Everything is
-    clipped to the brain mask.
+    coarse grids wherever the core is thick enough for a rim around it. With ``edema_ring`` the
+    whole tumour also holds a one-voxel edema ring around the core (BraTS gliomas: ED encloses
+    TC) wherever that ring is brain. Everything is clipped to the brain mask.
     """
     spacing = anatomy.spacing
     max_lobe = 1.0 + shape.lobes[:, 0].sum()
@@ -461,9 +471,11 @@ _LESION_CLASSES = {"necrosis": NCR, "edema": ED, "enhancing": ET}
 
 
 def _lesion_fractions(lesions: np.ndarray) -> dict[str, np.ndarray]:
-    """Partial-volume fraction (X, Y, Z) float32 of each lesion class: its mask, slightly blurred."""
+    """Partial-volume fraction (X, Y, Z) float32 of each lesion class: its mask, blurred."""
     return {
-        name: ndi.gaussian_filter((lesions == value).astype(np.float32), PARTIAL_VOLUME_SIGMA_VOXELS)
+        name: ndi.gaussian_filter(
+            (lesions == value).astype(np.float32), PARTIAL_VOLUME_SIGMA_VOXELS
+        )
         for name, value in _LESION_CLASSES.items()
     }
 
@@ -482,7 +494,8 @@ def _render(
     """
     means = {name: value * rng.uniform(0.92, 1.08) for name, value in CONTRAST[modality].items()}
     brain = np.maximum(anatomy.brain, 1e-3)  # tissue mix of each voxel, as if all of it were brain
-    healthy = (anatomy.csf * means["csf"] + anatomy.gm * means["gm"] + anatomy.wm * means["wm"]) / brain
+    tissue = anatomy.csf * means["csf"] + anatomy.gm * means["gm"] + anatomy.wm * means["wm"]
+    healthy = tissue / brain
     lesion_total = sum(fractions.values())
     image = (1.0 - lesion_total) * healthy
     for name, fraction in fractions.items():
@@ -507,7 +520,7 @@ def _acquire(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> n
 
 
 def _texture(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
-    """Unit-SD texture (X, Y, Z) float32 with a correlation length of about 8 mm."""
+    """Unit-SD texture (X, Y, Z) float32: random control values every 24 mm, spline-smoothed."""
     n_control = max(4, int(round(max(anatomy.shape) * anatomy.spacing / 24.0)))
     return _smooth_field(rng, anatomy.shape, n_control)
 
@@ -702,7 +715,7 @@ def _write_brats_case(
 
 
 def case_ids(kind: str, n: int) -> list[str]:
-    """Case IDs of the first ``n`` cases: ``BML-0001``, ``BraTS2021_00000``, ``BraTS-GLI-00000-000``."""
+    """IDs of the first ``n`` cases: ``BML-0001``, ``BraTS2021_00000``, ``BraTS-GLI-00000-000``."""
     _check_kind(kind)
     if kind == "bml":
         return [f"BML-{i + 1:04d}" for i in range(n)]
@@ -729,7 +742,7 @@ def synthesize_dataset(
     Args:
         kind: ``"bml"``, ``"brats2021"`` or ``"brats2023"``.
         n: number of cases (>= 1).
-        out_dir: folder to write into (created); one sub-folder per case, plus ``dataset_info.json``.
+        out_dir: folder to write into (created): one sub-folder per case and ``dataset_info.json``.
         seed: base seed; case ``i`` is drawn from ``(seed, kind, i)`` alone.
         size: voxels along the longest axis of a coarser isotropic grid (>= 32; e.g. 48 gives
             4.9 mm voxels and ~0.1 s per case); None keeps the 1 mm MNI grid (197 x 233 x 189).
