@@ -1,0 +1,234 @@
+"""A patch sampler that keeps a whole training set in device memory and cuts batches there.
+
+Why: a TorchIO ``Queue`` loads, pads and crops on the CPU; on a 2- to 16-core machine it delivers
+tens to a couple of hundred patches per second while a GPU trains on 300 to 4,000
+(``docs/performance.md``). When the preprocessed training volumes fit in GPU memory (BML: 70
+subjects x 2 x ~175 x 190 x 160 float16 is about 1 GB), cutting patches on the GPU removes the CPU
+from the training loop altogether.
+
+What it reproduces of the queue path (``SegmentationDataModule.train_dataloader``):
+
+- volumes padded by half a patch with zeros (``tio.Pad``), so every voxel of the volume, border
+  included, can be a patch centre;
+- label-balanced centres as ``tio.LabelSampler(label_probabilities={0: 1 - p, 1: p})`` on the
+  tumour-anywhere map: with probability ``positive_fraction`` a voxel with label > 0, otherwise a
+  background voxel (label 0), each uniform within its class; a volume without tumour gives only
+  background centres; the centre voxel sits at index ``patch_size // 2`` of the patch;
+- batches ``{"image": (B, C, x, y, z) float32, "label_map": (B, x, y, z) uint8}`` as the queue's
+  collate makes them, so the DataModule's ``on_after_batch_transfer`` (``augment_on_device``,
+  ``masks_from_label_map``) runs unchanged.
+
+What differs: volumes are drawn uniformly and independently for every patch (the queue cuts
+``samples_per_volume`` patches from each loaded subject and shuffles them in a buffer; both give
+every subject the same expected share), and the random stream is a ``torch.Generator`` on the
+device. Under DDP give every rank its own ``seed`` (e.g. ``seed + global_rank``).
+
+Usage from a DataModule::
+
+    volumes = load_cached_volumes(cache_dir, subjects)               # CPU tensors
+    sampler = DevicePatchSampler(volumes, (96, 96, 32), batch_size=32, positive_fraction=0.5,
+                                 steps_per_epoch=100, device="cuda", seed=42)
+    loader = device_patch_loader(sampler)                             # DataLoader(batch_size=None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from sgnet_lightning.data import cache
+from sgnet_lightning.errors import DataError
+
+Volume = tuple[torch.Tensor, torch.Tensor]  # (C, X, Y, Z) image, (X, Y, Z) uint8 label map
+
+
+def load_cached_volumes(cache_dir: str | Path, subjects: Sequence[str]) -> list[Volume]:
+    """Read cached training subjects into CPU tensors: ``[(image (C, X, Y, Z) float16, label (X, Y, Z) uint8)]``.
+
+    Raises:
+        DataError: a subject without a cached label (it cannot be trained on).
+    """
+    volumes = []
+    for subject in subjects:
+        subject_dir = Path(cache_dir) / subject
+        label = cache.load_label(subject_dir, mmap=False)
+        if label is None:
+            raise DataError(subject, subject_dir / cache.LABEL_FILE, "no label in the cache, cannot train on this subject")
+        image = np.ascontiguousarray(cache.load_image(subject_dir, mmap=False))
+        volumes.append((torch.from_numpy(image), torch.from_numpy(label)))
+    return volumes
+
+
+def device_bytes_needed(volumes: Sequence[Volume], patch_size: Sequence[int], storage_dtype=torch.float16) -> int:
+    """Bytes :class:`DevicePatchSampler` allocates for ``volumes`` (stacked, padded images and labels),
+    to decide before allocating whether a data set fits in device memory."""
+    half = [p // 2 for p in patch_size]
+    padded = [max(v[0].shape[1 + a] for v in volumes) + 2 * half[a] for a in range(3)]
+    n, channels = len(volumes), volumes[0][0].shape[0]
+    voxels = n * padded[0] * padded[1] * padded[2]
+    element = torch.empty((), dtype=storage_dtype).element_size()
+    positives = sum(int((v[1] > 0).sum()) for v in volumes)
+    return voxels * (channels * element + 1) + positives * 8
+
+
+class DevicePatchSampler(IterableDataset):
+    """Label-balanced training patches cut by tensor indexing from volumes held on ``device``.
+
+    Args:
+        volumes: ``[(image (C, X, Y, Z), label_map (X, Y, Z) integer)]``; shapes may differ between
+            volumes, channels may not. Copied to ``device`` (images as ``storage_dtype``).
+        patch_size: (x, y, z) voxels of a patch; every volume must be at least this large.
+        batch_size: patches per batch.
+        positive_fraction: probability that a patch is centred on a voxel with label > 0.
+        steps_per_epoch: batches one iteration yields (an epoch is defined by steps, as in the
+            queue path).
+        device: where volumes are stored and batches are made (``"cuda"``, ``"cpu"``).
+        seed: seed of the sampler's own ``torch.Generator``; the same seed gives the same batches.
+        storage_dtype: dtype of the stored images (float16, the cache's precision, halves memory).
+        out_dtype: dtype of the yielded images (float32 like the queue path).
+
+    Memory: ``len(volumes) x (C x bytes(storage_dtype) + 1)`` bytes per voxel of the largest volume
+    padded by half a patch on each side (see :func:`device_bytes_needed`), plus 8 bytes per tumour
+    voxel for the index of positive centres.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        patch_size: Sequence[int],
+        batch_size: int,
+        positive_fraction: float = 0.5,
+        steps_per_epoch: int = 100,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        storage_dtype: torch.dtype = torch.float16,
+        out_dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if not volumes:
+            raise ValueError("volumes is empty: nothing to sample from")
+        if not 0 <= positive_fraction <= 1:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        if batch_size < 1 or steps_per_epoch < 1:
+            raise ValueError(f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive voxel counts, got {patch_size}")
+        self.batch_size, self.steps_per_epoch = int(batch_size), int(steps_per_epoch)
+        self.positive_fraction = float(positive_fraction)
+        self.device = torch.device(device)
+        self.out_dtype = out_dtype
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self._store(volumes, storage_dtype)
+
+    def _store(self, volumes: Sequence[Volume], storage_dtype: torch.dtype) -> None:
+        channels = volumes[0][0].shape[0]
+        for index, (image, label) in enumerate(volumes):
+            if image.ndim != 4 or label.shape != image.shape[1:] or image.shape[0] != channels:
+                raise ValueError(
+                    f"volume {index}: expected image (C={channels}, X, Y, Z) and label (X, Y, Z), "
+                    f"got {tuple(image.shape)} and {tuple(label.shape)}"
+                )
+            if any(s < p for s, p in zip(image.shape[1:], self.patch_size)):
+                raise ValueError(f"volume {index} of shape {tuple(image.shape[1:])} is smaller than the patch {self.patch_size}")
+        half = [p // 2 for p in self.patch_size]
+        shapes = torch.tensor([list(image.shape[1:]) for image, _ in volumes], dtype=torch.long)
+        # One stacked tensor so a whole batch is one gather; every volume sits at the origin of its
+        # slot, shifted by half a patch, and the rest of the slot stays zero (the queue's padding).
+        padded = [int(shapes[:, a].max()) + 2 * half[a] for a in range(3)]
+        self.images = torch.zeros((len(volumes), channels, *padded), dtype=storage_dtype, device=self.device)
+        self.labels = torch.zeros((len(volumes), *padded), dtype=torch.uint8, device=self.device)
+        positive_indices, positive_counts = [], []
+        for index, (image, label) in enumerate(volumes):
+            x, y, z = image.shape[1:]
+            window = (slice(half[0], half[0] + x), slice(half[1], half[1] + y), slice(half[2], half[2] + z))
+            self.images[index][(slice(None), *window)] = image.to(self.device, storage_dtype)
+            self.labels[index][window] = label.to(self.device, torch.uint8)
+            flat = torch.nonzero(label.reshape(-1) > 0).flatten().to(self.device)  # linear index in (X, Y, Z)
+            positive_indices.append(flat)
+            positive_counts.append(flat.numel())
+        self.shapes = shapes.to(self.device)  # (N, 3) unpadded sizes
+        self.positive_index = torch.cat(positive_indices)  # all volumes' tumour voxels, volume after volume
+        self.positive_count = torch.tensor(positive_counts, dtype=torch.long, device=self.device)
+        self.positive_offset = torch.cumsum(self.positive_count, 0) - self.positive_count
+        self._offsets = [torch.arange(p, device=self.device) for p in self.patch_size]
+        self._channels = torch.arange(channels, device=self.device)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for _ in range(self.steps_per_epoch):
+            yield self.sample()
+
+    # -- one batch ----------------------------------------------------------------------------------
+    def sample_centres(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` patch centres: (volume index (n,), centre (n, 3) voxel coordinates in the
+        unpadded volume)."""
+        g, device = self.generator, self.device
+        volume = torch.randint(0, len(self.shapes), (n,), generator=g, device=device)
+        shape = self.shapes[volume]  # (n, 3)
+        count = self.positive_count[volume]
+        positive = (torch.rand(n, generator=g, device=device) < self.positive_fraction) & (count > 0)
+
+        # positives: a uniform pick among the volume's tumour voxels (ignored where count is 0)
+        centre_positive = torch.zeros((n, 3), dtype=torch.long, device=device)
+        if self.positive_index.numel():
+            pick = (torch.rand(n, generator=g, device=device) * count).long()
+            slot = (self.positive_offset[volume] + pick).clamp(max=self.positive_index.numel() - 1)
+            centre_positive = _unravel(self.positive_index[slot], shape)
+
+        # negatives: uniform voxels, redrawn where they hit tumour (rejection sampling, vectorised;
+        # tumour is a few percent of a volume, so a handful of rounds settle every draw). A volume
+        # that is all tumour keeps its last draw, as TorchIO's sampler has no background to give.
+        centre_negative = self._uniform_voxels(shape)
+        for _ in range(64):
+            on_tumour = self._label_at(volume, centre_negative) > 0
+            if not bool(on_tumour.any()):
+                break
+            redraw = self._uniform_voxels(shape)
+            centre_negative = torch.where(on_tumour[:, None], redraw, centre_negative)
+        centre = torch.where(positive[:, None], centre_positive, centre_negative)
+        return volume, centre
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """One batch: ``{"image": (B, C, x, y, z) out_dtype, "label_map": (B, x, y, z) uint8}`` on the device."""
+        volume, centre = self.sample_centres(self.batch_size)
+        # In the padded slot, a patch centred on unpadded voxel c starts at c (pad = patch // 2).
+        xs, ys, zs = (centre[:, a, None] + self._offsets[a][None] for a in range(3))  # (B, p_a) each
+        v = volume[:, None, None, None]
+        image = self.images[
+            v[..., None], self._channels[None, :, None, None, None],
+            xs[:, None, :, None, None], ys[:, None, None, :, None], zs[:, None, None, None, :],
+        ]
+        label = self.labels[v, xs[:, :, None, None], ys[:, None, :, None], zs[:, None, None, :]]
+        return {"image": image.to(self.out_dtype), "label_map": label}
+
+    def _uniform_voxels(self, shape: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(shape.shape, generator=self.generator, device=self.device)
+        return (u * shape).long().minimum(shape - 1)
+
+    def _label_at(self, volume: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        half = [p // 2 for p in self.patch_size]
+        return self.labels[volume, centre[:, 0] + half[0], centre[:, 1] + half[1], centre[:, 2] + half[2]]
+
+
+def _unravel(linear: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Linear C-order indices into (X, Y, Z) volumes of per-row ``shape`` (n, 3) -> (n, 3) coordinates."""
+    yz = shape[:, 1] * shape[:, 2]
+    x = linear // yz
+    rest = linear - x * yz
+    y = rest // shape[:, 2]
+    z = rest - y * shape[:, 2]
+    return torch.stack([x, y, z], dim=1)
+
+
+def device_patch_loader(sampler: DevicePatchSampler) -> DataLoader:
+    """A DataLoader over a :class:`DevicePatchSampler` for ``train_dataloader``: the sampler already
+    makes whole batches on the device, so no batching, workers or pinned memory."""
+    return DataLoader(sampler, batch_size=None, num_workers=0, pin_memory=False)
