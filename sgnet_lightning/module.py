@@ -96,8 +96,8 @@ class SegmentationModule(pl.LightningModule):
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=batch_size)
-        for i, fraction in enumerate(out.open_fractions()):
-            self.log(f"gate/open_fraction_{i}", fraction, batch_size=batch_size)
+        for i, gate in enumerate(out.gate_maps):  # a tensor, so logging never waits for the device
+            self.log(f"gate/open_fraction_{i}", (gate > 0.5).float().mean(), batch_size=batch_size)
         return loss
 
     # -- whole-volume evaluation ----------------------------------------------------------------

@@ -15,12 +15,12 @@ os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 @pytest.fixture(scope="session")
 def phantom_bml(tmp_path_factory) -> dict[str, Path]:
-    """8 phantom BML subjects at 4.9 mm (size 40), a seed-way manifest and a cache folder."""
+    """12 phantom BML subjects at 4.9 mm (size 40; 11 labelled: 7 train, 1 val, 3 test by the seed way)."""
     from sgnet_lightning.data.manifest import make_manifest
     from sgnet_lightning.data.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("phantom") / "bml data ü"  # spaces and non-ASCII must just work
-    synthesize_dataset("bml", 8, root, seed=0, size=40, progress=False)
+    synthesize_dataset("bml", 12, root, seed=0, size=40, progress=False)
     manifest = root.parent / "bml.csv"
     make_manifest("bml", root, manifest, split_rule={"name": "seed_way"}, seed=42, progress=False)
     return {"root": root, "manifest": manifest, "cache": root.parent / "cache"}
@@ -36,7 +36,8 @@ def tiny_config(phantom: dict[str, Path], run_root: Path, network: str = "sgnet"
                  "patch_size": [16, 16, 16], "batch_size": 2, "steps_per_epoch": 2, "samples_per_volume": 2,
                  "queue_length": 8, "num_workers": 0},
         "model": {"sliding_window": {"roi_size": [16, 16, 16], "sw_batch_size": 2}},
-        "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+        "trainer": {"max_epochs": 2, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False},
         "run": {"root": str(run_root), "wandb": {"enabled": False}},
     }
     return deep_merge(deep_merge(copy.deepcopy(config), small), sections)

@@ -15,7 +15,7 @@ import yaml
 
 from sgnet_lightning.benchmark import load_benchmark
 from sgnet_lightning.config import ConfigError, load_config
-from sgnet_lightning.experiment import SUITE_KEYS, test, train
+from sgnet_lightning.experiment import SUITE_KEYS, run_test, train
 from sgnet_lightning.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
     logged = pd.read_csv(run_dir / "logs" / "metrics.csv")
     assert {"train/loss", "val/dice", "val/dice_WT", "gate/open_fraction_0"} <= set(logged.columns)
 
-    results = test(config, run_dir=run_dir)
+    results = run_test(config, run_dir=run_dir)
     on_disk = pd.read_csv(run_dir / "results.csv")
     assert len(on_disk) == len(results) > 0
     assert set(on_disk["region"]) == {"WT"}

@@ -243,7 +243,10 @@ def resample_to_grid(
         to_vox2from_vox[:3, 3],
         output_shape=grid_shape,
         order=order,
-        mode="constant",
+        # "grid-constant" pads with zeros beyond the edge but still interpolates a point that lies
+        # on the edge up to float round-off (-1e-12 voxels); "constant" would zero it, so an
+        # oblique grid's outer face came back empty depending on how the input's axes were stored.
+        mode="grid-constant",
         cval=0,
     )
 
