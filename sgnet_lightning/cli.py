@@ -50,6 +50,8 @@ def cmd_data_manifest(args) -> int:
 
     from sgnet_lightning.data.manifest import make_manifest
 
+    if args.split and not Path(args.split).is_file():
+        raise SgnetError(f"split-rule file not found: {args.split} (see data_manifests/splits/)")
     split_rule = yaml.safe_load(Path(args.split).read_text()) if args.split else {"name": "seed_way"}
     split_rule = split_rule.get("split_rule", split_rule)
     out = args.out or f"data_manifests/{args.dataset}.csv"
@@ -101,10 +103,10 @@ def cmd_validate(args, extra: list[str]) -> int:
 
 
 def cmd_test(args, extra: list[str]) -> int:
-    from sgnet_lightning.experiment import run_dir_for, test
+    from sgnet_lightning.experiment import run_dir_for, run_test
 
     config = _experiment_config(args)
-    results = test(config, run_dir=args.run_dir, ckpt=args.ckpt, save_predictions=not args.no_predictions,
+    results = run_test(config, run_dir=args.run_dir, ckpt=args.ckpt, save_predictions=not args.no_predictions,
                    overrides=extra)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
     summary = results.groupby(["region", "metric"])["value"].mean().unstack("metric")

@@ -135,6 +135,20 @@ def _geometry(path: Path) -> tuple[str, str]:
     return "x".join(str(int(s)) for s in shape), "x".join(f"{float(z):g}" for z in zooms)
 
 
+def _portable_root(root: Path, manifest_path: Path) -> str:
+    """The data folder as the sidecar records it: relative to the manifest's folder when the data lie
+    in the same tree (the phantom sets inside a clone: the committed manifest works in any clone),
+    absolute otherwise (real data sets kept elsewhere; override with ``root=`` / ``--root``)."""
+    relative = Path(os.path.relpath(root, manifest_path.absolute().parent))
+    climbs = sum(part == ".." for part in relative.parts)
+    return relative.as_posix() if climbs <= 1 else str(root)
+
+
+def _resolve_root(recorded: str, manifest_path) -> Path:
+    recorded_path = Path(recorded)
+    return recorded_path if recorded_path.is_absolute() else (Path(manifest_path).absolute().parent / recorded_path)
+
+
 def _relative(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
@@ -215,7 +229,7 @@ def make_manifest(
         "version": MANIFEST_VERSION,
         "dataset": dataset,
         "task": task_obj.name,
-        "root": str(root),
+        "root": _portable_root(root, Path(out_path)),
         "split_rule": rule,
         "seed": seed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -291,7 +305,7 @@ class Manifest:
         return cls(
             path=path,
             dataset=sidecar["dataset"],
-            root=Path(root) if root is not None else Path(sidecar["root"]),
+            root=Path(root) if root is not None else _resolve_root(sidecar["root"], path),
             rows=rows,
             split_rule=sidecar["split_rule"],
             sidecar=sidecar,
