@@ -90,6 +90,12 @@ class SegmentationModule(pl.LightningModule):
             total = total + self.hparams.aux_loss_weight * aux
         return total, parts
 
+    def on_train_epoch_start(self) -> None:
+        # the DataModule reseeds its patch queue per epoch so resumed runs repeat uninterrupted ones
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "start_epoch"):
+            datamodule.start_epoch(self.current_epoch)
+
     def training_step(self, batch, batch_idx):
         out = self(batch["image"])
         loss, parts = self._loss(out, batch)

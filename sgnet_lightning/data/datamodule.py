@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +98,30 @@ def _collate_volumes(items: list[dict]) -> dict[str, Any]:
 class _StepsPerEpoch(Dataset):
     """Presents a TorchIO Queue as ``steps * batch_size`` items: an epoch is defined by steps.
 
-    The Queue ignores the index it is given (it pops its own shuffled patch list), so any length works.
+    Each epoch starts a fresh Queue after reseeding every generator from (run seed, epoch), so an
+    epoch's patches depend only on the seed and the epoch number: a run resumed from a checkpoint
+    at an epoch boundary draws exactly the patches the uninterrupted run drew. (The Queue ignores
+    the index it is given: it pops its own shuffled patch list.)
     """
 
-    def __init__(self, queue: tio.Queue, length: int):
-        self.queue, self.length = queue, length
+    def __init__(self, make_queue, length: int):
+        self.make_queue, self.length = make_queue, length
+        self.queue: tio.Queue | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        base_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int(np.random.SeedSequence([base_seed, epoch]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.queue = self.make_queue(epoch)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
+        if self.queue is None:
+            self.start_epoch(0)
         return self.queue[index]
 
 
@@ -252,9 +268,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------------
     def _subjects(self, names: list[str]) -> list[tio.Subject]:
-        subjects = []
+        subjects, small = [], []
         for name in names:
             subject_dir = self.cache_dir / name
+            if any(n < p for n, p in zip(cache.read_meta(subject_dir)["shape"], self.patch_size)):
+                small.append(name)
             label_path = subject_dir / cache.LABEL_FILE
             if not label_path.is_file():
                 raise DataError(name, label_path, "no label in the cache, cannot train on this subject")
@@ -266,6 +284,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                     subject_id=name,
                 )
             )
+        if small:
+            log.warning("%d cached volume(s) smaller than the patch %s are zero-padded to fit: %s",
+                        len(small), self.patch_size, ", ".join(small))
         return subjects
 
     def _train_transform(self) -> tio.Compose:
@@ -288,24 +309,34 @@ class SegmentationDataModule(pl.LightningDataModule):
         sampler = tio.LabelSampler(
             self.patch_size, label_name=SAMPLING_MAP, label_probabilities={0: 1 - positive, 1: positive}
         )
-        subject_sampler = None
-        if self.trainer is not None and self.trainer.world_size > 1:
-            subject_sampler = torch.utils.data.DistributedSampler(
-                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=True
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+
+        def make_queue(epoch: int) -> tio.Queue:
+            subject_sampler = None
+            if world_size > 1:
+                subject_sampler = torch.utils.data.DistributedSampler(
+                    dataset, num_replicas=world_size, rank=self.trainer.global_rank, shuffle=True
+                )
+                subject_sampler.set_epoch(epoch)
+            return tio.Queue(
+                dataset,
+                max_length=max(self.hparams.queue_length, self.hparams.samples_per_volume),
+                samples_per_volume=self.hparams.samples_per_volume,
+                sampler=sampler,
+                subject_sampler=subject_sampler,
+                num_workers=self.hparams.num_workers,
+                shuffle_subjects=subject_sampler is None,
             )
-        queue = tio.Queue(
-            dataset,
-            max_length=max(self.hparams.queue_length, self.hparams.samples_per_volume),
-            samples_per_volume=self.hparams.samples_per_volume,
-            sampler=sampler,
-            subject_sampler=subject_sampler,
-            num_workers=self.hparams.num_workers,
-            shuffle_subjects=subject_sampler is None,
-        )
-        steps = self.hparams.steps_per_epoch * self.hparams.batch_size
+
+        self._patches = _StepsPerEpoch(make_queue, self.hparams.steps_per_epoch * self.hparams.batch_size)
         # num_workers=0: the Queue owns the workers (TorchIO's documented pattern).
-        return DataLoader(_StepsPerEpoch(queue, steps), batch_size=self.hparams.batch_size,
-                          num_workers=0, collate_fn=_collate_patches)
+        return DataLoader(self._patches, batch_size=self.hparams.batch_size, num_workers=0,
+                          collate_fn=_collate_patches)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the training module at each epoch start: reseed and refill the patch queue."""
+        if getattr(self, "_patches", None) is not None:
+            self._patches.start_epoch(epoch)
 
     def _volume_loader(self, split: str) -> DataLoader:
         if not self.splits[split]:
