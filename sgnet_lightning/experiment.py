@@ -71,7 +71,8 @@ def check_writable(folder: Path, min_free_mb: int = MIN_FREE_DISK_MB) -> None:
         raise SgnetError(f"only {free_mb:.0f} MB free under {folder}; at least {min_free_mb} MB are needed")
 
 
-def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overrides: Sequence[str] = ()):
+def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overrides: Sequence[str] = (),
+          stage: str = "fit"):
     """Parse ``config`` with LightningCLI and return ``(module, datamodule, trainer)``.
 
     Args:
@@ -79,6 +80,8 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
         run_dir: run folder (checkpoints, logs).
         callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
         overrides: jsonargparse-style command-line overrides, e.g. ``["--trainer.max_epochs=3"]``.
+        stage: ``fit``, ``validate`` or ``test``: where the CSV log goes, and whether the resolved
+            config is written (fit only: it is the config the run was trained with).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -89,7 +92,7 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
         save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
-    loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"))
+    loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"), stage)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cli_config))
@@ -100,8 +103,9 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
                               "callbacks": [checkpoint, *callbacks]},
         )
     cli.trainer.loggers = loggers  # set after parsing: logger objects are not config values
-    resolved = cli.parser.dump(cli.config, format="yaml", skip_none=False)
-    atomic_write_text(run_dir / "config.yaml", resolved + yaml.safe_dump({"run": config.get("run", {})}))
+    if stage == "fit":
+        resolved = cli.parser.dump(cli.config, format="yaml", skip_none=False)
+        atomic_write_text(run_dir / "config.yaml", resolved + yaml.safe_dump({"run": config.get("run", {})}))
     return cli.model, cli.datamodule, cli.trainer
 
 
@@ -180,7 +184,7 @@ class _explain_out_of_memory:
         return False
 
 
-def test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
+def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
          save_predictions: bool = True, overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
     metric) atomically and return it.
@@ -195,7 +199,7 @@ def test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | 
         raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
     test_config = copy.deepcopy(config)
     test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
-    module, datamodule, trainer = build(test_config, run_dir, overrides=overrides)
+    module, datamodule, trainer = build(test_config, run_dir, overrides=overrides, stage="test")
     module.prediction_dir = run_dir / "predictions" if save_predictions else None
     module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
     with _explain_out_of_memory():
@@ -220,7 +224,7 @@ def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
         raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
     val_config = copy.deepcopy(config)
     val_config.setdefault("run", {})["wandb"] = {"enabled": False}
-    module, datamodule, trainer = build(val_config, run_dir, overrides=overrides)
+    module, datamodule, trainer = build(val_config, run_dir, overrides=overrides, stage="validate")
     (results,) = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                                   verbose=False)
     return {k: float(v) for k, v in results.items()}

@@ -69,15 +69,17 @@ def wandb_available() -> bool:
     return True
 
 
-def make_loggers(run_dir: Path, config: dict[str, Any], wandb_cfg: dict[str, Any] | None) -> list:
-    """CSV logger under ``run_dir/logs``; a W&B logger too when ``wandb_cfg["enabled"]``.
+def make_loggers(run_dir: Path, config: dict[str, Any], wandb_cfg: dict[str, Any] | None,
+                 stage: str = "fit") -> list:
+    """CSV logger under ``run_dir/logs`` (``logs/<stage>`` for validate and test, so they never
+    replace the training log); a W&B logger too when ``wandb_cfg["enabled"]``.
 
     ``wandb_cfg`` keys: ``enabled`` (default True), ``project``, ``entity``, ``group``, ``name``,
     ``tags``, ``mode`` (default ``offline``; ``online`` to stream, ``disabled`` to switch off).
     """
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="" if stage == "fit" else stage)]
     wandb_cfg = dict(wandb_cfg or {})
     if not wandb_cfg.pop("enabled", True) or wandb_cfg.get("mode") == "disabled":
         return loggers

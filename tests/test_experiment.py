@@ -81,6 +81,7 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
     assert set(on_disk["region"]) == {"WT"}
     assert {"dice", "precision", "recall", "hd95_mm", "lesion_f1"} <= set(on_disk["metric"])
     assert not on_disk["value"].isna().any()
+    assert (run_dir / "logs" / "metrics.csv").is_file(), "testing must not replace the training log"
     test_subjects = set(on_disk["subject"].astype(str))
     assert {p.stem for p in (run_dir / "predictions").glob("*.npz")} == test_subjects
 
