@@ -1,0 +1,108 @@
+"""``sgnet sweep run | best | report``: the command line over :mod:`sgnet_lightning.sweeps`.
+
+    sgnet sweep run sweeps/sgnet_gate.yaml --study sgnet_gate --n-trials 40 [--storage URL]
+    sgnet sweep best --study sgnet_gate [--storage URL] --out experiments/tuned/sgnet_gate.yaml
+    sgnet sweep report --study sgnet_gate [--storage URL] --out runs/sweeps/sgnet_gate/report
+
+Without ``--storage`` a study lives in ``<runs-root>/<study>.journal`` (one machine). Start the same
+``run`` command on several machines with one PostgreSQL URL to share a study (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_RUNS_ROOT = "runs/sweeps"
+
+
+def cmd_sweep_run(args) -> int:
+    from sgnet_lightning.config import parse_overrides
+    from sgnet_lightning.sweeps import load_space, run_sweep
+    from sgnet_lightning.sweeps.study import FINISHED
+
+    space = load_space(args.space, overrides=parse_overrides(args.set or []))
+    study_name = args.study or Path(args.space).stem
+    study = run_sweep(space, study_name, storage=args.storage, n_trials=args.n_trials, runs_root=args.runs_root,
+                      timeout=args.timeout, heartbeat_interval=args.heartbeat_interval,
+                      grace_period=args.grace_period, max_retry=args.max_retry)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    finished = sum(state in FINISHED for state in states)
+    failed = sum(state.name == "FAIL" for state in states)
+    print(f"study {study_name}: {finished} finished trials ({failed} failed) in "
+          f"{_storage_label(args.storage, args.runs_root, study_name)}")
+    return 0
+
+
+def cmd_sweep_best(args) -> int:
+    from sgnet_lightning.sweeps import load_study, write_best_config
+    from sgnet_lightning.sweeps.best import format_front
+
+    study = load_study(args.study, _storage(args))
+    trial = write_best_config(study, args.out, pareto_index=args.pareto_index, pick=args.pick)
+    if len(study.directions) > 1:
+        print("Pareto front (--pareto-index picks a row):\n" + format_front(study))
+    values = ", ".join(f"{k}={v}" for k, v in trial.user_attrs["config_values"].items())
+    print(f"trial {trial.number} ({values}) written to {args.out}")
+    return 0
+
+
+def cmd_sweep_report(args) -> int:
+    from sgnet_lightning.sweeps import load_study, write_report
+
+    study = load_study(args.study, _storage(args))
+    page = write_report(study, args.out, storage_label=_storage_label(args.storage, args.runs_root, args.study))
+    print(f"sweep report: {page}")
+    return 0
+
+
+def _storage(args) -> str:
+    from sgnet_lightning.sweeps import default_storage
+
+    return args.storage or default_storage(args.runs_root, args.study)
+
+
+def _storage_label(storage: str | None, runs_root: str, study: str) -> str:
+    from sgnet_lightning.sweeps.storage import default_storage, safe_url
+
+    return safe_url(storage or default_storage(runs_root, study))
+
+
+def _add_storage_args(p: argparse.ArgumentParser, study_required: bool) -> None:
+    p.add_argument("--study", required=study_required, help="study name" + ("" if study_required else
+                   " (default: the space file's name)"))
+    p.add_argument("--storage", help="journal file or RDB URL, e.g. postgresql+psycopg2://user@host/db "
+                   "(default: <runs-root>/<study>.journal)")
+    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="folder of trial runs and the default storage")
+
+
+def register_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``sgnet sweep`` and its sub-commands to the ``sgnet`` parser."""
+    sweep = sub.add_parser("sweep", help="Optuna studies: run trials, write the best config, report")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
+
+    p = sweep_sub.add_parser("run", help="run trials of a study until it has --n-trials finished ones")
+    p.add_argument("space", help="search space YAML (sweeps/...)")
+    _add_storage_args(p, study_required=False)
+    p.add_argument("--n-trials", type=int, help="target number of finished trials in the study, across all "
+                   "workers and reruns (default: the space's n_trials)")
+    p.add_argument("--timeout", type=float, help="stop this worker after this many seconds")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override for every trial, e.g. data.data_root=/data/BML (merged into 'fixed')")
+    p.add_argument("--heartbeat-interval", type=int, help="seconds between heartbeats (RDB storage; default 60)")
+    p.add_argument("--grace-period", type=int, help="seconds without heartbeat before a trial counts as dead")
+    p.add_argument("--max-retry", type=int, help="how often a dead trial is re-queued")
+    p.set_defaults(func=cmd_sweep_run)
+
+    p = sweep_sub.add_parser("best", help="write the best (or a chosen Pareto) trial as an experiment config")
+    _add_storage_args(p, study_required=True)
+    p.add_argument("--out", required=True, help="experiment YAML to write (e.g. experiments/tuned/<study>.yaml)")
+    p.add_argument("--pareto-index", type=int, help="multi-objective: the index of a Pareto-front trial")
+    p.add_argument("--pick", help="multi-objective: take the front's best trial on this objective "
+                   "(default: the first objective)")
+    p.set_defaults(func=cmd_sweep_best)
+
+    p = sweep_sub.add_parser("report", help="figures and an HTML/Markdown page drawn from the study storage")
+    _add_storage_args(p, study_required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_sweep_report)

@@ -1,0 +1,211 @@
+"""``sgnet sweep report``: figures and a page drawn from a study's storage, nothing else.
+
+Writes into the output folder:
+    history_<objective>.png      objective value of every complete trial, with the best so far
+    intermediate.png             validation Dice per epoch of the first seed (the pruner's input)
+    importances[_<objective>].png  fANOVA parameter importances (>= 2 complete trials, > 1 parameter)
+    slice.png                    the Dice objective against each tuned parameter (gate_threshold,
+                                 aux_loss_weight, ...)
+    pareto.png                   the Pareto front (studies with 2 or 3 objectives)
+    trials.csv                   one row per trial: state, values, config values, duration, error
+    index.md, index.html         the study's summary, best trial / Pareto front, all trials, figures
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_text
+from sgnet_lightning.sweeps.best import objective_labels, pareto_front
+
+log = logging.getLogger(__name__)
+
+
+def write_report(study: optuna.Study, out_dir: str | Path, storage_label: str = "") -> Path:
+    """Draw ``study`` into ``out_dir``; return the HTML page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = trials_table(study)
+    atomic_write_text(out_dir / "trials.csv", trials.to_csv(index=False))
+    with warnings.catch_warnings():  # optuna.visualization.matplotlib is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        notes: list[str] = []
+        figures = _draw_figures(study, out_dir, notes)
+    markdown, page = _pages(study, trials, figures, notes, storage_label)
+    atomic_write_text(out_dir / "index.md", markdown)
+    atomic_write_text(out_dir / "index.html", page)
+    return out_dir / "index.html"
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """Every trial of the study as one row (values per objective, applied config values, error)."""
+    labels = objective_labels(study)
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        row = {"trial": trial.number, "state": trial.state.name}
+        for i, label in enumerate(labels):
+            row[label] = trial.values[i] if trial.values else None
+        row.update(trial.user_attrs.get("config_values", trial.params))
+        duration = trial.duration
+        row["duration_s"] = round(duration.total_seconds(), 1) if duration else None
+        row["last_epoch_reported"] = max(trial.intermediate_values) if trial.intermediate_values else None
+        row["worker"] = trial.user_attrs.get("worker")
+        row["retry_of"] = trial.system_attrs.get("failed_trial")
+        row["error"] = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- figures ------------------------------------------------------------------------------------------
+def _draw_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[str, str]:
+    """Draw what the study's content supports; returns ``{file name: caption}`` and appends to
+    ``notes`` why a figure is missing."""
+    from optuna.visualization import matplotlib as plots
+
+    labels = objective_labels(study)
+    multi = len(labels) > 1
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    figures: dict[str, str] = {}
+    if not complete:
+        notes.append("No figures: the study has no complete trial yet.")
+        return figures
+
+    def target(i):
+        return (lambda t: t.values[i]) if multi else None
+
+    for i, label in enumerate(labels):
+        name = f"history_{_slug(label)}.png"
+        _save(plots.plot_optimization_history(study, target=target(i), target_name=label), out_dir / name)
+        figures[name] = f"Optimisation history of {label} (validation, mean over seeds)."
+
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        _save(plots.plot_intermediate_values(study), out_dir / "intermediate.png")
+        figures["intermediate.png"] = "Validation Dice after each epoch of every trial's first seed (pruning input)."
+
+    shared = set.intersection(*(set(t.params) for t in complete))
+    if len(complete) >= 2 and len(shared) > 1:
+        for i, label in enumerate(labels):
+            if len({t.values[i] for t in complete}) < 2:
+                notes.append(f"No importances for {label}: every complete trial scored {complete[0].values[i]:.4g}.")
+                continue
+            name = f"importances_{_slug(label)}.png" if multi else "importances.png"
+            # fANOVA, seeded: Optuna's default evaluator changed between versions (PED-ANOVA in 5.x)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            _save(plots.plot_param_importances(study, evaluator=evaluator, target=target(i), target_name=label),
+                  out_dir / name)
+            figures[name] = f"fANOVA importance of each parameter for {label}."
+    else:
+        notes.append("No parameter importances: they need at least 2 complete trials sharing more than one parameter.")
+
+    dice = next((i for i, label in enumerate(labels) if "dice" in label), 0)
+    tuned = sorted({name for t in complete for name in t.params})
+    _save(plots.plot_slice(study, params=tuned, target=target(dice), target_name=labels[dice]), out_dir / "slice.png",
+          size=(5.0 * len(tuned) + 1.0, 4.5))  # room for the dotted key names under each panel
+    figures["slice.png"] = f"{labels[dice]} of every complete trial against each tuned parameter."
+
+    if len(labels) in (2, 3):
+        _save(plots.plot_pareto_front(study, target_names=labels), out_dir / "pareto.png")
+        figures["pareto.png"] = "Objective values of every complete trial; the Pareto front highlighted."
+    return figures
+
+
+def _save(axes, path: Path, size: tuple[float, float] | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    first = axes.flat[0] if hasattr(axes, "flat") else axes
+    figure = first.figure
+    if size is not None:
+        figure.set_size_inches(*size)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_")
+
+
+# -- pages ----------------------------------------------------------------------------------------------
+def _summary(study: optuna.Study, trials: pd.DataFrame, storage_label: str) -> list[tuple[str, str]]:
+    record = study.user_attrs.get("space") or {}
+    counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
+    objectives = ", ".join(f"{o['label']} ({o['direction']})" for o in record.get("objectives", []))
+    return [
+        ("study", study.study_name),
+        ("storage", storage_label),
+        ("search space", str(record.get("space_file", ""))),
+        ("experiment tuned", str(record.get("experiment", ""))),
+        ("parameters", "; ".join(record.get("parameters", []))),
+        ("objectives (validation split)", objectives),
+        ("seeds per trial", str(record.get("seeds", ""))),
+        ("sampler / pruner", f"{record.get('sampler')} / {record.get('pruner')}"),
+        ("budget (fixed)", str(record.get("fixed", {}))),
+        ("trials", ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
+    ]
+
+
+def _best_table(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
+    if trials.empty or not (trials["state"] == "COMPLETE").any():
+        return pd.DataFrame()
+    numbers = [t.number for t in pareto_front(study)]
+    best = trials[trials["trial"].isin(numbers)].drop(columns=["state", "error", "retry_of", "last_epoch_reported"])
+    if len(study.directions) > 1:
+        best.insert(0, "pareto_index", range(len(best)))
+    return best
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    # pandas' to_markdown needs the tabulate package; a plain pipe table needs nothing
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return ""
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _pages(study: optuna.Study, trials: pd.DataFrame, figures: dict[str, str], notes: list[str],
+           storage_label: str) -> tuple[str, str]:
+    summary = _summary(study, trials, storage_label)
+    best = _best_table(study, trials)
+    best_title = "Pareto front" if len(study.directions) > 1 else "Best trial"
+    float_format = "{:.4g}".format
+
+    md = [f"# Optuna study `{study.study_name}`", ""]
+    md += [f"- **{key}**: {value}" for key, value in summary]
+    md += ["", f"## {best_title}", "", _markdown_table(best) if not best.empty else "none yet", ""]
+    md += ["## Figures", ""]
+    md += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in figures.items()]
+    md += [f"_{note}_\n" for note in notes]
+    md += ["## All trials", "", _markdown_table(trials) if not trials.empty else "none", ""]
+
+    esc = html.escape
+    body = [f"<h1>Optuna study <code>{esc(study.study_name)}</code></h1>", "<table class='summary'>"]
+    body += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary]
+    body += ["</table>", f"<h2>{best_title}</h2>",
+             best.to_html(index=False, float_format=float_format, na_rep="") if not best.empty else "<p>none yet</p>",
+             "<h2>Figures</h2>"]
+    body += [f"<figure><img src='{esc(name)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>"
+             for name, caption in figures.items()]
+    body += [f"<p><em>{esc(note)}</em></p>" for note in notes]
+    body += ["<h2>All trials</h2>",
+             trials.to_html(index=False, float_format=float_format, na_rep="") if not trials.empty else "<p>none</p>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}img{max-width:100%}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(study.study_name)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return "\n".join(md), page
