@@ -4,7 +4,6 @@ workers on one journal file, and a killed worker's trial retried through the hea
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
@@ -176,7 +175,7 @@ BAD_SPACES = {
     "unknown network option": (_with("parameters/model.network_options.gate_thresh",
                                      {"type": "float", "low": 0.1, "high": 0.9}), "has no option 'gate_thresh'"),
     "unknown data argument": (_with("fixed/data/patchsize", [16, 16, 16]), "data has no argument 'patchsize'"),
-    "tuned and fixed": (_with(f"fixed/model/network_options/gate_threshold", 0.5), "both tuned and fixed"),
+    "tuned and fixed": (_with("fixed/model/network_options/gate_threshold", 0.5), "both tuned and fixed"),
     "several devices": (_with("fixed/trainer/devices", 2), "runs on one device"),
     "pruning two objectives": (lambda s: {**s, "pruner": {"name": "median"}, "objectives": [
         {"metric": "dice", "direction": "maximize"}, {"metric": "hd95_mm", "direction": "minimize"}]},
@@ -185,7 +184,8 @@ BAD_SPACES = {
     "bad sampler option": (_with("sampler", {"name": "tpe", "n_startup": 3}), "sampler tpe with options"),
     "repeated seed": (_with("seeds", [0, 0]), "'seeds' repeats a seed"),
     "unknown key": (_with("budget", {}), "unknown key(s) budget"),
-    "missing experiment": (_with("experiment", "experiments/none.yaml"), "experiment config 'experiments/none.yaml' not found"),
+    "missing experiment": (_with("experiment", "experiments/none.yaml"),
+                           "experiment config 'experiments/none.yaml' not found"),
 }
 
 
@@ -245,7 +245,8 @@ def _recorded_study(objectives: list[dict], trials: list[tuple[list[float], floa
     study.set_user_attr("space", record)
     distribution = optuna.distributions.FloatDistribution(0.05, 0.95)
     for values, gate in trials:
-        study.add_trial(optuna.trial.create_trial(values=values, params={GATE: gate}, distributions={GATE: distribution},
+        study.add_trial(optuna.trial.create_trial(values=values, params={GATE: gate},
+                                                  distributions={GATE: distribution},
                                                   user_attrs={"config_values": {GATE: gate}}))
     return study
 
@@ -276,6 +277,21 @@ def test_best_of_a_pareto_front_by_rule_or_index(tmp_path):
     assert choose_trial(single).number == 1
     with pytest.raises(ConfigError, match="one objective"):
         choose_trial(single, pareto_index=0)
+
+
+def test_a_study_refuses_trials_from_another_space(tmp_path):
+    from sgnet_lightning.sweeps import run_sweep
+
+    storage = str(tmp_path / "s.journal")
+    gate = load_space(space_variant(TINY_GATE, tmp_path))
+    run_sweep(gate, "mine", storage=storage, n_trials=0, runs_root=tmp_path)  # creates the study, runs nothing
+    run_sweep(gate, "mine", storage=storage, n_trials=0, runs_root=tmp_path)  # the same space may attach again
+    other_seeds = load_space(space_variant(TINY_GATE, tmp_path, seeds=[5]))
+    with pytest.raises(ConfigError, match="with other seeds; use another --study name"):
+        run_sweep(other_seeds, "mine", storage=storage, n_trials=0, runs_root=tmp_path)
+    with pytest.raises(ConfigError, match="use another --study name"):
+        run_sweep(load_space(space_variant(TINY_PARETO, tmp_path)), "mine", storage=storage, n_trials=0,
+                  runs_root=tmp_path)
 
 
 def test_worker_stops_after_repeated_failures(tmp_path, monkeypatch):

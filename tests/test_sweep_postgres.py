@@ -15,15 +15,8 @@ import pytest
 from sgnet_lightning import cli
 from sgnet_lightning.config import load_config
 from sgnet_lightning.sweeps import open_storage
-from test_sweep import (  # noqa: F401  (phantom is a fixture)
-    GATE,
-    TINY_GATE,
-    check_two_worker_study,
-    phantom,
-    space_variant,
-    start_worker,
-    sweep_run_args,
-)
+from test_sweep import GATE, TINY_GATE, check_two_worker_study, space_variant, start_worker, sweep_run_args
+from test_sweep import phantom  # noqa: F401,F811  (a pytest fixture, used by name)
 
 URL = os.environ.get("SGNET_TEST_POSTGRES_URL")
 
@@ -35,7 +28,7 @@ pytestmark = [
 ]
 
 
-def test_two_workers_share_one_postgresql_study_and_best_reads_it(phantom, tmp_path):
+def test_two_workers_share_one_postgresql_study_and_best_reads_it(phantom, tmp_path):  # noqa: F811
     study_name = f"test_{uuid.uuid4().hex[:10]}"  # the database outlives the test: a fresh study each run
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"}, sampler={"name": "random"})
     runs = tmp_path / "runs"

@@ -98,7 +98,8 @@ def write_best_config(study: optuna.Study, out: str | Path, pareto_index: int | 
         f"The sweep's budget, NOT applied here: {json.dumps(record.get('fixed') or {})}",
     ]
     if len(study.directions) > 1:
-        rule = f"--pareto-index {pareto_index}" if pareto_index is not None else f"best {pick or labels[0]} within the front"
+        rule = (f"--pareto-index {pareto_index}" if pareto_index is not None
+                else f"best {pick or labels[0]} within the front")
         header.append(f"Chosen from a Pareto front of {len(study.best_trials)} trials by: {rule}.")
     text = "".join("# " + line.replace("\n", " ") + "\n" for line in header)
     text += yaml.safe_dump({"defaults": [os.path.relpath(experiment, out.resolve().parent)]}, sort_keys=False)

@@ -171,7 +171,6 @@ class SearchSpace:
             "experiment": self.experiment,
             "experiment_path": str(self.experiment_path),
             "parameters": [p.describe() for p in self.parameters],
-            "parameter_keys": [p.key for p in self.parameters],
             "objectives": [{"metric": o.metric, "direction": o.direction, "region": o.region,
                             "label": o.label} for o in self.objectives],
             "seeds": list(self.seeds),
@@ -267,7 +266,8 @@ def _parse_parameters(raw: Any, where: str) -> list[Parameter]:
         spec = dict(spec)
         kind = spec.pop("type", None)
         if kind not in PARAMETER_TYPES:
-            raise ConfigError(f"{where}: parameter {key}: unknown type {kind!r}; use one of {', '.join(PARAMETER_TYPES)}")
+            raise ConfigError(f"{where}: parameter {key}: unknown type {kind!r}; "
+                              f"use one of {', '.join(PARAMETER_TYPES)}")
         allowed = {"choices"} if kind == "categorical" else {"low", "high", "log", "step", "include_zero"}
         unknown = sorted(set(spec) - allowed)
         if unknown:

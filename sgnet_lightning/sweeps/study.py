@@ -253,7 +253,8 @@ def mean_over_subjects(rows: pd.DataFrame, objective: Objective, run_dir: Path) 
         raise SgnetError(f"{run_dir}: the validation results hold no {objective.metric!r} values")
     nan = selected[selected["value"].isna()]
     if not nan.empty:
-        raise SgnetError(f"{run_dir}: {objective.metric} is NaN for subject(s) {', '.join(sorted(set(nan['subject'])))}")
+        subjects = ", ".join(sorted(set(nan["subject"])))
+        raise SgnetError(f"{run_dir}: {objective.metric} is NaN for subject(s) {subjects}")
     return float(selected.groupby("region")["value"].mean().mean())
 
 
