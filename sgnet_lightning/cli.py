@@ -107,7 +107,7 @@ def cmd_test(args, extra: list[str]) -> int:
 
     config = _experiment_config(args)
     results = run_test(config, run_dir=args.run_dir, ckpt=args.ckpt, save_predictions=not args.no_predictions,
-                   overrides=extra)
+                       save_nifti=args.nifti, overrides=extra)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
     summary = results.groupby(["region", "metric"])["value"].mean().unstack("metric")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -189,6 +189,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
             p.add_argument("--ckpt", default="best", help="best, last or a checkpoint path")
         if name == "test":
             p.add_argument("--no-predictions", action="store_true", help="do not store predictions")
+            p.add_argument("--nifti", action="store_true",
+                           help="also write predictions as NIfTI on each subject's own grid")
         p.set_defaults(func=func)
         lightning_commands.add(name)
 

@@ -185,12 +185,15 @@ class _explain_out_of_memory:
 
 
 def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
-         save_predictions: bool = True, overrides: Sequence[str] = ()) -> pd.DataFrame:
+             save_predictions: bool = True, save_nifti: bool = False,
+             overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
     metric) atomically and return it.
 
     Args:
         ckpt: ``"best"``, ``"last"`` or a checkpoint path.
+        save_predictions: keep predictions on the cached grid in ``predictions/`` (for the report).
+        save_nifti: also write them as NIfTI on each subject's original grid in ``predictions_nifti/``.
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     ckpt_path = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}.get(
@@ -201,6 +204,7 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
     test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
     module, datamodule, trainer = build(test_config, run_dir, overrides=overrides, stage="test")
     module.prediction_dir = run_dir / "predictions" if save_predictions else None
+    module.nifti_dir = run_dir / "predictions_nifti" if save_nifti else None
     module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
     with _explain_out_of_memory():
         trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, verbose=False)

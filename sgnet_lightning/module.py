@@ -156,8 +156,16 @@ class SegmentationModule(pl.LightningModule):
         self.test_rows.extend({"subject": subject, **row} for row in rows)
         if self.prediction_dir is not None:
             save_prediction(self.prediction_dir, subject, pred, maps)
+        if self.nifti_dir is not None:
+            from sgnet_lightning.data.cache import read_meta
+            from sgnet_lightning.predict import save_native
 
-    prediction_dir = None  # set by sgnet_lightning.experiment before trainer.test to store predictions
+            meta = read_meta(datamodule.cache_dir / subject)
+            save_native(regions_to_label_map(pred, task), meta, self.nifti_dir / f"{subject}.nii.gz")
+
+    # set by sgnet_lightning.experiment.run_test before trainer.test
+    prediction_dir = None  # predictions on the cached grid (.npz), for the report
+    nifti_dir = None  # predictions as NIfTI on each subject's original grid
     test_metric_options: dict = {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

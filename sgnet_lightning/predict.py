@@ -108,6 +108,14 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
     return written
 
 
+def save_native(volume: np.ndarray, meta: dict, path: Path, interpolation: str = "nearest") -> Path:
+    """Put a volume on the cached grid back on the subject's original grid and write it as NIfTI."""
+    from sgnet_lightning.data.preprocess import to_native
+
+    dtype = np.uint8 if interpolation == "nearest" else np.float32
+    return _save(to_native(volume, meta, interpolation), path, dtype)
+
+
 def _save(image: nib.Nifti1Image, path: Path, dtype) -> Path:
     """Write ``image`` with ``dtype`` atomically (temporary name, then rename)."""
     out = nib.Nifti1Image(np.asarray(image.dataobj).astype(dtype), image.affine)

@@ -75,7 +75,7 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
     logged = pd.read_csv(run_dir / "logs" / "metrics.csv")
     assert {"train/loss", "val/dice", "val/dice_WT", "gate/open_fraction_0"} <= set(logged.columns)
 
-    results = run_test(config, run_dir=run_dir)
+    results = run_test(config, run_dir=run_dir, save_nifti=True)
     on_disk = pd.read_csv(run_dir / "results.csv")
     assert len(on_disk) == len(results) > 0
     assert set(on_disk["region"]) == {"WT"}
@@ -84,6 +84,11 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
     assert (run_dir / "logs" / "metrics.csv").is_file(), "testing must not replace the training log"
     test_subjects = set(on_disk["subject"].astype(str))
     assert {p.stem for p in (run_dir / "predictions").glob("*.npz")} == test_subjects
+    for subject in test_subjects:  # NIfTI predictions on each subject's own T1ce grid
+        written = nib.load(run_dir / "predictions_nifti" / f"{subject}.nii.gz")
+        reference = nib.load(next(phantom_bml["root"].rglob(f"{subject}_t1ce_img.nii*")))
+        assert written.shape == reference.shape
+        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
 
     out = tmp_path / "pred"
     written = predict(run_dir / "checkpoints" / "best.ckpt", [phantom_bml["root"]], out, write_maps=True,
