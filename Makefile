@@ -57,9 +57,9 @@ report:
 SPACE ?= sweeps/sgnet_gate.yaml
 STUDY ?= $(basename $(notdir $(SPACE)))
 STORAGE ?=
-N_TRIALS ?= 20
+N_TRIALS ?=
 sweep:
-	$(SGNET) sweep run $(SPACE) --study $(STUDY) --n-trials $(N_TRIALS) $(if $(STORAGE),--storage $(STORAGE),)
+	$(SGNET) sweep run $(SPACE) --study $(STUDY) $(if $(N_TRIALS),--n-trials $(N_TRIALS),) $(if $(STORAGE),--storage $(STORAGE),)
 
 perf:
 	$(SGNET) bench --out runs/perf/bench.json

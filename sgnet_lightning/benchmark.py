@@ -85,7 +85,7 @@ def is_complete(run_dir: Path) -> bool:
 def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[str] | None = None) -> Path:
     """Run every missing fit + test of a benchmark; gather all per-subject results; return its folder."""
     from sgnet_lightning.analysis.results import gather_results, write_results
-    from sgnet_lightning.experiment import check_writable, test, train
+    from sgnet_lightning.experiment import check_writable, run_test, train
 
     bench = load_benchmark(path, overrides)
     bench_dir = Path(bench["dir"])
@@ -100,7 +100,7 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
         progress.set_postfix_str(f"{run['label']} seed {run['seed']}" + (f" fold {run['fold']}" if run["fold"] is not None else ""))
         start = time.perf_counter()
         train(run["config"], run_dir=run_dir)
-        test(run["config"], run_dir=run_dir, ckpt="best")
+        run_test(run["config"], run_dir=run_dir, ckpt="best")
         _finish_run(run_dir, run, time.perf_counter() - start)
         progress.update(1)
     progress.close()

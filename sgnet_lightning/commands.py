@@ -32,7 +32,16 @@ def cmd_stats(args) -> int:
 def cmd_report(args) -> int:
     from sgnet_lightning.analysis.report import build_report, check_report_in_browser
 
-    html, md = build_report(args.benchmark, args.out or Path(args.benchmark) / "report", reference=args.reference)
+    out = Path(args.out or Path(args.benchmark) / "report")
+    html, md = build_report(args.benchmark, out, reference=args.reference)
+    if not args.no_wandb:
+        import pandas as pd
+
+        from sgnet_lightning.tracking import log_summary_run
+
+        tables = {"stats": pd.read_csv(out / "stats.csv"), "results": pd.read_csv(out / "results.csv")}
+        log_summary_run(Path(args.benchmark), tables, sorted((out / "figures").glob("*.png")),
+                        group=Path(args.benchmark).name)
     if args.check_browser:
         result = check_report_in_browser(html)
         print(f"browser check: {result['loaded']}/{result['images']} figures loaded")
@@ -61,6 +70,7 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out")
     p.add_argument("--reference")
     p.add_argument("--check-browser", action="store_true", help="open it in headless Chromium")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B (offline)")
     p.set_defaults(func=cmd_report)
 
     try:

@@ -133,6 +133,8 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", run_dir, last)
+    if ckpt_path:
+        _keep_training_log(trainer, Path(ckpt_path))
     _write_run_json(run_dir, **tracking.provenance(), network=module.hparams.network,
                     n_parameters=sum(p.numel() for p in module.net.parameters()),
                     deterministic=bool(get_dotted(config, "trainer.deterministic", False)))
@@ -151,6 +153,37 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
     _write_run_json(run_dir, train_time_s=time.perf_counter() - start + _previous_train_time(run_dir, ckpt_path),
                     peak_memory_mb=_peak_memory_mb(), fit_metrics=metrics)
     return metrics
+
+
+def _keep_training_log(trainer, ckpt_path: Path) -> None:
+    """Carry the CSV log of the interrupted run over into the resumed one.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; the rows up to the
+    checkpoint's epoch are put back (later ones belong to the epoch being redone) and the writer is
+    told their columns, so resumed rows append under the same header.
+    """
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    if csv_logger is None:
+        return
+    log_file = Path(csv_logger.log_dir) / "metrics.csv"
+    if not log_file.is_file():
+        return
+    with log_file.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    last_epoch = torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]
+    rows = [row for row in rows if row.get("epoch") in (None, "") or int(float(row["epoch"])) <= last_epoch]
+    writer = csv_logger.experiment  # starting the writer removes the old file
+    buffer = io.StringIO()
+    out = csv.DictWriter(buffer, fieldnames=header)
+    out.writeheader()
+    out.writerows(rows)
+    atomic_write_text(log_file, buffer.getvalue())
+    writer.metrics_keys = list(header)
 
 
 def _previous_train_time(run_dir: Path, ckpt_path: str | None) -> float:

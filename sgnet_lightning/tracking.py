@@ -79,7 +79,9 @@ def make_loggers(run_dir: Path, config: dict[str, Any], wandb_cfg: dict[str, Any
     """
     from lightning.pytorch.loggers import CSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="" if stage == "fit" else stage)]
+    # flush every logged row: a killed run keeps its log up to the kill (one appended line per row)
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="" if stage == "fit" else stage,
+                               flush_logs_every_n_steps=1)]
     wandb_cfg = dict(wandb_cfg or {})
     if not wandb_cfg.pop("enabled", True) or wandb_cfg.get("mode") == "disabled":
         return loggers
@@ -120,3 +122,24 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def log_summary_run(bench_dir: Path, tables: dict[str, Any], figures: list[Path], group: str,
+                    project: str = "sgnet-lightning", mode: str | None = None) -> Path | None:
+    """Log a benchmark's statistics (as W&B Tables) and report figures (as images) to one summary
+    run in the benchmark's group; returns the run's folder, or None when W&B is not installed."""
+    if not wandb_available():
+        log.warning("wandb is not installed: no summary run logged")
+        return None
+    import wandb
+
+    configure_wandb_environment(Path(bench_dir), mode)
+    run = wandb.init(project=project, group=group, name=f"{group}-summary", job_type="summary",
+                     dir=str(bench_dir), config={"benchmark": str(bench_dir)}, reinit="finish_previous")
+    try:
+        for name, frame in tables.items():
+            run.log({name: wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))})
+        run.log({f"figures/{path.stem}": wandb.Image(str(path)) for path in figures})
+        return Path(run.dir).parent
+    finally:
+        run.finish()

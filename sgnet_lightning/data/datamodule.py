@@ -237,8 +237,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _refuse_failed_check(self) -> None:
         from sgnet_lightning.data.validate import check_manifest
 
-        # the check reads every file: run it once per manifest content and keep the verdict
-        key = hashlib.sha256(Path(self.hparams.manifest).read_bytes()).hexdigest()[:16]
+        # the check reads every file: run it once per manifest content and exclusion list, keep the verdict
+        digest = hashlib.sha256(Path(self.hparams.manifest).read_bytes())
+        digest.update("\n".join(sorted(self.exclude)).encode())
+        key = digest.hexdigest()[:16]
         marker = Path(self.hparams.cache_root) / "checks" / f"{Path(self.hparams.manifest).stem}-{key}.json"
         if marker.is_file():
             fatal = set(json.loads(marker.read_text())["fatal_subjects"])

@@ -90,6 +90,9 @@ class DevicePatchSampler(IterableDataset):
         seed: seed of the sampler's own ``torch.Generator``; the same seed gives the same batches.
         storage_dtype: dtype of the stored images (float16, the cache's precision, halves memory).
         out_dtype: dtype of the yielded images (float32 like the queue path).
+        gather: cut a batch with one gather (``take``), which never waits for the device, rather
+            than a loop of slices and one stack, which reads the centres on the host; None: gather on
+            CUDA, slices on a CPU (where they are much faster).
 
     Memory: ``len(volumes) x (C x bytes(storage_dtype) + 1)`` bytes per voxel of the largest volume
     padded by half a patch on each side (see :func:`device_bytes_needed`), plus 8 bytes per tumour
@@ -107,6 +110,7 @@ class DevicePatchSampler(IterableDataset):
         seed: int = 0,
         storage_dtype: torch.dtype = torch.float16,
         out_dtype: torch.dtype = torch.float32,
+        gather: bool | None = None,
     ):
         super().__init__()
         if not volumes:
@@ -122,6 +126,7 @@ class DevicePatchSampler(IterableDataset):
         self.positive_fraction = float(positive_fraction)
         self.device = torch.device(device)
         self.out_dtype = out_dtype
+        self.gather = self.device.type == "cuda" if gather is None else bool(gather)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self._store(volumes, storage_dtype)
@@ -156,7 +161,10 @@ class DevicePatchSampler(IterableDataset):
         self.positive_index = torch.cat(positive_indices)  # all volumes' tumour voxels, volume after volume
         self.positive_count = torch.tensor(positive_counts, dtype=torch.long, device=self.device)
         self.positive_offset = torch.cumsum(self.positive_count, 0) - self.positive_count
-        self._offsets = [torch.arange(p, device=self.device) for p in self.patch_size]
+        # linear offsets of a patch's voxels from its corner in the padded slot, for the gather
+        _, y, z = padded
+        px, py, pz = (torch.arange(p, device=self.device) for p in self.patch_size)
+        self._patch_grid = (px[:, None, None] * (y * z) + py[None, :, None] * z + pz[None, None, :]).reshape(-1)
         self._channels = torch.arange(channels, device=self.device)
 
     def __len__(self) -> int:
@@ -200,14 +208,32 @@ class DevicePatchSampler(IterableDataset):
         """One batch: ``{"image": (B, C, x, y, z) out_dtype, "label_map": (B, x, y, z) uint8}`` on the device."""
         volume, centre = self.sample_centres(self.batch_size)
         # In the padded slot, a patch centred on unpadded voxel c starts at c (pad = patch // 2).
-        xs, ys, zs = (centre[:, a, None] + self._offsets[a][None] for a in range(3))  # (B, p_a) each
-        v = volume[:, None, None, None]
-        image = self.images[
-            v[..., None], self._channels[None, :, None, None, None],
-            xs[:, None, :, None, None], ys[:, None, None, :, None], zs[:, None, None, None, :],
-        ]
-        label = self.labels[v, xs[:, :, None, None], ys[:, None, :, None], zs[:, None, None, :]]
+        cut = self._cut_by_gather if self.gather else self._cut_by_slicing
+        image, label = cut(volume, centre)
         return {"image": image.to(self.out_dtype), "label_map": label}
+
+    def _cut_by_gather(self, volume: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One ``take`` over the flattened storage: no host synchronisation, so on a GPU the next
+        # batch is queued while the previous training step still runs.
+        n, channels, x, y, z = self.images.shape
+        first = (start[:, 0] * y + start[:, 1]) * z + start[:, 2]  # (B,) linear index of the patch corner
+        volume_base = volume * (x * y * z) + first  # (B,) in the stacked labels
+        label_index = volume_base[:, None] + self._patch_grid[None]  # (B, P)
+        channel_base = (volume[:, None] * channels + self._channels[None]) * (x * y * z) + first[:, None]  # (B, C)
+        image_index = channel_base[:, :, None] + self._patch_grid[None, None]  # (B, C, P)
+        batch = len(volume)
+        image = self.images.reshape(-1).take(image_index).view(batch, channels, *self.patch_size)
+        label = self.labels.reshape(-1).take(label_index).view(batch, *self.patch_size)
+        return image, label
+
+    def _cut_by_slicing(self, volume: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # On a CPU a loop of B views and one stack is a plain memory copy, ~30x faster than a gather.
+        px, py, pz = self.patch_size
+        boxes = [(v, slice(x, x + px), slice(y, y + py), slice(z, z + pz))
+                 for v, (x, y, z) in zip(volume.tolist(), start.tolist())]
+        image = torch.stack([self.images[v, :, sx, sy, sz] for v, sx, sy, sz in boxes])
+        label = torch.stack([self.labels[v, sx, sy, sz] for v, sx, sy, sz in boxes])
+        return image, label
 
     def _uniform_voxels(self, shape: torch.Tensor) -> torch.Tensor:
         u = torch.rand(shape.shape, generator=self.generator, device=self.device)
