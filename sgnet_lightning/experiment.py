@@ -88,10 +88,14 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
     from sgnet_lightning.cli_lightning import SuiteCLI
 
     cli_config = {k: v for k, v in config.items() if k not in SUITE_KEYS}
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
-        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
+    # Its own callback: Lightning 2.6's `save_last` only writes when the best improved, but resuming
+    # needs the state of the latest epoch.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=1, enable_version_counter=False)
     loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"), stage)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
@@ -100,7 +104,7 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
             args=["--config", str(config_file), *overrides],
             run=False,
             trainer_defaults={"default_root_dir": str(run_dir), "logger": False,
-                              "callbacks": [checkpoint, *callbacks]},
+                              "callbacks": [best, last, *callbacks]},
         )
     cli.trainer.loggers = loggers  # set after parsing: logger objects are not config values
     if stage == "fit":

@@ -40,7 +40,7 @@ def kill_when(proc: subprocess.Popen, ready, after_s: float, timeout_s: float = 
 @pytest.mark.slow
 def test_fit_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(make_config, tmp_path):
     config = make_config("sgnet", trainer={"max_epochs": 3, "deterministic": True},
-                         data={"steps_per_epoch": 30})
+                         data={"steps_per_epoch": 20})
     reference = train(config, run_dir=tmp_path / "uninterrupted")
 
     config_file = tmp_path / "fit.yaml"
@@ -59,7 +59,7 @@ def test_fit_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(make_co
     expected = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt", map_location="cpu",
                           weights_only=False)
     assert (final["epoch"], final["global_step"]) == (expected["epoch"], expected["global_step"])
-    assert final["global_step"] == reference["steps"] == 90
+    assert final["global_step"] == reference["steps"] == 60
     for name, tensor in final["state_dict"].items():
         torch.testing.assert_close(tensor, expected["state_dict"][name], rtol=0, atol=0, msg=name)
     logged = pd.read_csv(run_dir / "logs" / "metrics.csv")
