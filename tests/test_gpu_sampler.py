@@ -108,8 +108,9 @@ def test_shapes_and_dtypes(volumes):
         assert batch["image"].device.type == "cpu"
 
 
-def test_patches_are_exact_crops_of_padded_volumes(volumes):
-    sampler = DevicePatchSampler(volumes, PATCH, batch_size=50, steps_per_epoch=1, seed=3)
+@pytest.mark.parametrize("gather", [False, True], ids=["slicing", "gather"])
+def test_patches_are_exact_crops_of_padded_volumes(volumes, gather):
+    sampler = DevicePatchSampler(volumes, PATCH, batch_size=50, steps_per_epoch=1, seed=3, gather=gather)
     state = sampler.generator.get_state()
     volume, centre = sampler.sample_centres(50)
     sampler.generator.set_state(state)

@@ -1,0 +1,178 @@
+"""``sgnet bench``: the JSON has every field, the suite's numerics match fp32, the helpers are right.
+
+No timing is asserted: figures depend on the machine. Runs on the CPU at tiny sizes (``--quick``)
+on a small phantom set made once per module.
+
+Numerics tolerance (every architecture, CPU): bf16 autocast and channels-last 3D may move sigmoid
+probabilities by at most MEAN_ABS_TOLERANCE on average, and the thresholded masks (0.5) must agree
+on more than MASK_AGREEMENT of voxels. Measured on 2 x 2 x 32 x 32 x 16 inputs: mean differences
+of 4e-5 to 5e-3 and agreement of 99.3 % to 99.97 % (bf16); channels-last alone below 1e-6.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sgnet_lightning import bench
+from sgnet_lightning.cli import main
+from sgnet_lightning.data.synth import synthesize_dataset
+from sgnet_lightning.models import list_models
+
+MEAN_ABS_TOLERANCE = 0.02
+MASK_AGREEMENT = 0.99
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (the bench's ``--threads 1``) on a shared 2-core machine; restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom_bml")
+    synthesize_dataset("bml", 6, out, seed=0, size=40, progress=False)
+    return out
+
+
+def test_quick_bench_writes_every_field(tmp_path, phantom, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--models", "unet", "sgnet", "--threads", "1", "--phantom-dir", str(phantom),
+                 "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "| unet |" in printed and "| sgnet |" in printed and "DataModule / naive" in printed
+
+    assert report["quick"] is True
+    for key in ("type", "name", "torch", "cpu_count", "torch_threads", "load_average_start", "load_average_end"):
+        assert key in report["device"]
+    assert report["device"]["type"] == "cpu" and report["device"]["torch_threads"] == 1
+    assert report["date"] and report["sizes"]["patch"] == [32, 32, 16]
+    assert set(report["settings"]) == {"seed_way", "suite"}
+    assert report["settings"]["seed_way"]["precision"] == "fp32" and report["settings"]["suite"]["channels_last"]
+    assert any("CPU run" in note for note in report["notes"])
+    assert report["data"]["train_subjects"] == len(report["data"]["cached_image_shapes"]) >= 2
+
+    assert set(report["models"]) == {"unet", "sgnet"}
+    for name, entry in report["models"].items():
+        assert entry["parameters"] > 0
+        for section in ("model_only", "end_to_end"):
+            for setting in ("seed_way", "suite"):
+                measured = entry[section][setting]
+                assert measured["patches_per_s"] > 0, (name, section, setting)
+                assert measured["peak_host_rss_gib"] > 0 and measured["peak_device_gib"] is None
+        assert set(entry["inference"]) == {"seed_way_sw4", "suite_sw4"}
+        for measured in entry["inference"].values():
+            assert measured["ms_per_volume"] > 0 and measured["volume"] == [2, 48, 48, 32]
+        for agreement in entry["numerics"].values():
+            assert agreement["mask_agreement"] > MASK_AGREEMENT
+        ratios = entry["ratios"]
+        assert all(value is not None and value > 0 for value in ratios.values()), ratios
+        assert ratios["model_only_suite_over_seed"] == pytest.approx(
+            entry["model_only"]["suite"]["patches_per_s"] / entry["model_only"]["seed_way"]["patches_per_s"])
+
+    loader = report["loader"]
+    for setting in ("seed_way", "suite"):
+        for way in ("datamodule", "naive", "device_sampler"):
+            assert loader[setting][way]["patches_per_s"] > 0
+        # timed past the first fill of the queue, over at least two more fills
+        queue = loader[setting]["queue"]
+        assert loader[setting]["datamodule"]["skipped_patches"] > queue["queue_length"]
+        assert loader[setting]["datamodule"]["timed_patches"] >= 2 * queue["queue_length"]
+        assert loader[setting]["datamodule_over_naive"] > 0
+    assert loader["suite_over_seed_naive"]["datamodule"] > 0
+
+
+def test_loader_mode_writes_its_json(tmp_path, phantom, capsys):
+    out = tmp_path / "loader.json"
+    assert main(["bench", "loader", "--quick", "--threads", "1", "--phantom-dir", str(phantom),
+                 "--cache-root", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["loader"]) == {"seed_way", "suite", "suite_over_seed_naive"}
+    assert report["loader"]["suite"]["naive"]["batch_shape"] == [2, 2, 32, 32, 16]
+    assert report["loader"]["suite"]["datamodule"]["batch_shape"] == [2, 2, 32, 32, 16]
+    assert "device sampler" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_suite_numerics_match_fp32(name):
+    """bf16 autocast and channels-last (the suite's GPU settings) against fp32, on the CPU."""
+    device = torch.device("cpu")
+    for precision, channels_last in (("bf16", False), ("fp32", True), ("bf16", True)):
+        agreement = bench.prediction_agreement(name, precision, channels_last, device)
+        assert agreement["mean_abs_diff"] < MEAN_ABS_TOLERANCE, (name, precision, channels_last, agreement)
+        assert agreement["mask_agreement"] > MASK_AGREEMENT, (name, precision, channels_last, agreement)
+        if precision == "fp32":  # a memory format alone changes only summation order
+            assert agreement["max_abs_diff"] < 1e-4
+
+
+def test_unknown_model_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown model.*nonet"):
+        bench.run_bench(tmp_path / "x.json", models=["nonet"], quick=True)
+
+
+def test_settings_follow_the_configs():
+    """The constants the bench measures are the configs' values (experiments/ in the repository)."""
+    gpu = yaml.safe_load((REPO / "experiments/base/gpu.yaml").read_text())
+    seed = yaml.safe_load((REPO / "experiments/seed_way/base.yaml").read_text())
+    bml = yaml.safe_load((REPO / "experiments/datasets/bml.yaml").read_text())
+    cuda = torch.device("cuda")
+    sizes = bench.sizes_for(cuda, quick=False)
+    suite = bench.suite_defaults(cuda, sizes)
+    assert suite.precision == "bf16" and gpu["trainer"]["precision"] == "bf16-mixed"
+    assert suite.cudnn_benchmark == gpu["trainer"]["benchmark"] and suite.channels_last == gpu["model"]["channels_last"]
+    assert suite.sw_batch_size == gpu["model"]["sliding_window"]["sw_batch_size"]
+    assert suite.sw_mode == gpu["model"]["sliding_window"]["mode"]
+    assert suite.batch_size == bml["data"]["batch_size"]
+    for key in ("samples_per_volume", "queue_length", "num_workers"):
+        assert bench.SUITE_GPU_DATA[key] == gpu["data"][key]
+    way = bench.seed_way(cuda, sizes)
+    assert way.precision == "fp16" and seed["trainer"]["precision"] == "16-mixed"
+    assert way.batch_size == seed["data"]["batch_size"] and not seed["trainer"]["benchmark"]
+    assert way.sw_batch_size == seed["model"]["sliding_window"]["sw_batch_size"]
+    assert bench.SEED_DATA["samples_per_volume"] == seed["data"]["samples_per_volume"]
+    assert bench.MODEL_OPTIONS["segguidednet"]["network_options"]["n_subregions"] == 2
+
+
+def test_time_loader_skips_the_first_fill():
+    produced = []
+
+    def batches():
+        while True:
+            produced.append(len(produced))
+            yield {"image": torch.zeros(4, 2, 2, 2, 2)}
+
+    result = bench.time_loader(batches(), lambda b: b, batch_size=4, skip_patches=64, timed_patches=128,
+                               device=torch.device("cpu"))
+    assert result["skipped_patches"] == 4 * (64 // 4 + 1)  # one batch past the fill
+    assert result["timed_patches"] == 128 and len(produced) == 17 + 32
+
+
+def test_random_rot90_turns_every_image_alike():
+    import torchio as tio
+
+    label = torch.zeros(1, 6, 6, 3, dtype=torch.uint8)
+    label[0, 0, 1, 0] = 1
+    subject = tio.Subject(image=tio.ScalarImage(tensor=label.float()), label=tio.LabelMap(tensor=label))
+    turned = bench.RandomRot90(p=1.0)(subject)
+    assert torch.equal(turned["image"].data, turned["label"].data.float())
+    assert not torch.equal(turned["label"].data, label)
+
+
+def test_projection_formula():
+    hours = bench.project_benchmark_hours({"a": 100.0, "b": 50.0}, {"a": 2.0, "b": 4.0}, seeds=5, epochs=100,
+                                          steps_per_epoch=100, batch_size=32, n_val=10, n_test=20)
+    # a: 5 x (100 x (3200 / 100 + 10 x 2) + 20 x 2) / 3600
+    assert hours["a"] == pytest.approx(5 * (100 * (32 + 20) + 40) / 3600)
+    assert hours["b"] == pytest.approx(5 * (100 * (64 + 40) + 80) / 3600)
+    assert hours["total"] == pytest.approx(hours["a"] + hours["b"])
