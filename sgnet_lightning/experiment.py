@@ -94,8 +94,10 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
     )
     # Its own callback: Lightning 2.6's `save_last` only writes when the best improved, but resuming
     # needs the state of the latest epoch.
+    # Saved at the very end of each epoch (after validation), so a resumed run starts cleanly at the
+    # next epoch and redraws exactly that epoch's patches.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           every_n_epochs=1, enable_version_counter=False)
+                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"), stage)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"

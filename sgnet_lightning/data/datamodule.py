@@ -114,7 +114,7 @@ class _StepsPerEpoch(Dataset):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.queue = self.make_queue(epoch)
+        self.queue = self.make_queue(epoch, seed)
 
     def __len__(self) -> int:
         return self.length
@@ -313,13 +313,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         world_size = self.trainer.world_size if self.trainer is not None else 1
 
-        def make_queue(epoch: int) -> tio.Queue:
-            subject_sampler = None
+        def make_queue(epoch: int, seed: int) -> tio.Queue:
+            # the subject order is drawn from the epoch's seed alone
             if world_size > 1:
                 subject_sampler = torch.utils.data.DistributedSampler(
-                    dataset, num_replicas=world_size, rank=self.trainer.global_rank, shuffle=True
+                    dataset, num_replicas=world_size, rank=self.trainer.global_rank, shuffle=True, seed=seed
                 )
                 subject_sampler.set_epoch(epoch)
+            else:
+                subject_sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
             return tio.Queue(
                 dataset,
                 max_length=max(self.hparams.queue_length, self.hparams.samples_per_volume),
@@ -327,7 +329,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 sampler=sampler,
                 subject_sampler=subject_sampler,
                 num_workers=self.hparams.num_workers,
-                shuffle_subjects=subject_sampler is None,
+                shuffle_subjects=False,  # the sampler shuffles
             )
 
         self._patches = _StepsPerEpoch(make_queue, self.hparams.steps_per_epoch * self.hparams.batch_size)
