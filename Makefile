@@ -37,7 +37,7 @@ data/phantom_brats2023/dataset_info.json:
 	$(SGNET) data synth --kind brats2023 --n 12 --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_brats2023
 
 demo: data/phantom_bml/dataset_info.json
-	$(SGNET) data check data_manifests/phantom_bml.csv --no-hash
+	$(SGNET) data check data_manifests/phantom_bml.csv
 	$(SGNET) benchmark --config experiments/benchmarks/demo.yaml
 	$(SGNET) stats --results runs/demo --reference unet --out runs/demo/stats
 	$(SGNET) report --benchmark runs/demo --out runs/demo/report --reference unet
