@@ -28,7 +28,7 @@ def test_a_tiny_run_writes_offline_wandb_files_under_its_folder(make_config, tmp
 
 
 def test_report_logs_a_summary_run_with_tables_and_images(tmp_path):
-    from tests._fake_benchmark import write_fake_benchmark
+    from _fake_benchmark import write_fake_benchmark
 
     bench_dir = write_fake_benchmark(tmp_path / "bench")
     result = subprocess.run([sys.executable, "-m", "sgnet_lightning.cli", "report", "--benchmark", str(bench_dir)],
