@@ -72,7 +72,8 @@ class SegmentationModule(pl.LightningModule):
         self.aux_loss = AttentionSupervisionLoss()
         self.window = SlidingWindow(**(sliding_window or {}))
         self.optimizer_config = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
-        self.scheduler_config = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        # a given scheduler replaces the default whole: plateau's keys mean nothing to another one
+        self.scheduler_config = dict(scheduler) if scheduler else dict(DEFAULT_SCHEDULER)
 
     # -- forward and loss ---------------------------------------------------------------------
     def forward(self, image: torch.Tensor):

@@ -85,20 +85,21 @@ def test_quick_bench_writes_every_field(tmp_path, phantom, capsys):
     for setting in ("seed_way", "suite"):
         for way in ("datamodule", "naive", "device_sampler"):
             assert loader[setting][way]["patches_per_s"] > 0
-        # timed past the first fill of the queue, over at least two more fills
+        # timed past the queue's buffer (first fill + subjects loaded ahead), over twice as many patches
         queue = loader[setting]["queue"]
-        assert loader[setting]["datamodule"]["skipped_patches"] > queue["queue_length"]
-        assert loader[setting]["datamodule"]["timed_patches"] >= 2 * queue["queue_length"]
+        assert loader[setting]["datamodule"]["skipped_patches"] > bench.queue_buffer(queue) > queue["queue_length"]
+        assert loader[setting]["datamodule"]["timed_patches"] >= 2 * bench.queue_buffer(queue)
         assert loader[setting]["datamodule_over_naive"] > 0
     assert loader["suite_over_seed_naive"]["datamodule"] > 0
 
 
 def test_loader_mode_writes_its_json(tmp_path, phantom, capsys):
     out = tmp_path / "loader.json"
-    assert main(["bench", "loader", "--quick", "--threads", "1", "--phantom-dir", str(phantom),
+    assert main(["bench", "loader", "--quick", "--threads", "1", "--phantom-dir", str(phantom), "--queue", "2", "4", "0",
                  "--cache-root", str(tmp_path / "cache"), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["loader"]) == {"seed_way", "suite", "suite_over_seed_naive"}
+    assert set(report["loader"]) == {"seed_way", "suite", "spv2_q4_w0", "suite_over_seed_naive"}
+    assert report["loader"]["spv2_q4_w0"]["queue"] == {"samples_per_volume": 2, "queue_length": 4, "num_workers": 0}
     assert report["loader"]["suite"]["naive"]["batch_shape"] == [2, 2, 32, 32, 16]
     assert report["loader"]["suite"]["datamodule"]["batch_shape"] == [2, 2, 32, 32, 16]
     assert "device sampler" in capsys.readouterr().out
@@ -176,3 +177,14 @@ def test_projection_formula():
     assert hours["a"] == pytest.approx(5 * (100 * (32 + 20) + 40) / 3600)
     assert hours["b"] == pytest.approx(5 * (100 * (64 + 40) + 80) / 3600)
     assert hours["total"] == pytest.approx(hours["a"] + hours["b"])
+
+
+def test_bml_projection_needs_every_architecture():
+    measured = {"end_to_end": {"suite": {"patches_per_s": 320.0}}, "inference": {"suite_sw32": {"ms_per_volume": 100.0}}}
+    models = {name: measured for name in bench.BML_BENCHMARK["configs_per_architecture"]}
+    projection = bench._project_bml(models)
+    one = 5 * (100 * (100 * 32 / 320 + 17 * 0.1) + 21 * 0.1) / 3600
+    assert projection["hours_per_architecture"]["sgnet"] == pytest.approx(3 * one)
+    assert projection["total_hours"] == pytest.approx(9 * one)
+    del models["segresnet"]
+    assert bench._project_bml(models) is None

@@ -365,7 +365,9 @@ def test_make_manifest_rows_sidecar_and_root_override(tmp_path):
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["dataset"] == "bml" and sidecar["split_rule"] == {"name": "seed_way"}
     assert sidecar["seed"] == 42 and sidecar["n_subjects"] == 12 and sidecar["version"] == 1
-    assert sidecar["root"] == str(root) and "created" in sidecar
+    # a data folder beside the manifest's folder is recorded relative to it (portable clones)
+    assert sidecar["root"] == "../data ä" and Manifest.load(out).root.resolve() == root.resolve()
+    assert "created" in sidecar
     assert {p.name for p in out.parent.iterdir()} == {"bml.csv", "bml.json"}  # no temporary files left
 
     moved = tmp_path / "elsewhere"
