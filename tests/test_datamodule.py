@@ -132,3 +132,16 @@ def test_masks_from_label_map_for_brats2021_labels():
     label = torch.tensor([[[[0, 1, 2, 4]]]], dtype=torch.uint8)
     masks = masks_from_label_map(label, task.regions)  # ET, TC, WT
     assert masks[0, :, 0, 0].tolist() == [[0, 0, 0, 1], [0, 1, 0, 1], [0, 1, 1, 1]]
+
+
+def test_device_loader_option_yields_the_same_batch_format(datamodule):
+    dm = datamodule
+    dm.hparams.loader = "device"
+    try:
+        batch = next(iter(dm.train_dataloader()))
+    finally:
+        dm.hparams.loader = "queue"
+    assert batch["image"].shape[1:] == (len(dm.manifest.record(dm.splits["train"][0]).images), *PATCH)
+    assert batch["label_map"].shape[1:] == PATCH
+    batch = dm.on_after_batch_transfer(batch, 0)
+    assert batch["target"].shape[1] == len(dm.task.regions)

@@ -157,6 +157,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         preprocess_workers: processes for building the cache in ``prepare_data``.
         check: refuse to train on a manifest whose check reports fatal problems in subjects that are
             not excluded.
+        loader: ``"queue"`` (TorchIO Queue, CPU workers; any data set size) or ``"device"``
+            (:class:`~sgnet_lightning.data.gpu_sampler.DevicePatchSampler`: the training volumes
+            sit in device memory and patches are cut there; for data sets that fit).
     """
 
     def __init__(
@@ -179,11 +182,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         exclude: list[str] | None = None,
         preprocess_workers: int = 1,
         check: bool = True,
+        loader: str = "queue",
     ):
         super().__init__()
         self.save_hyperparameters()
         if not 0 <= positive_fraction <= 1:
             raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        if loader not in ("queue", "device"):
+            raise ValueError(f"data.loader must be 'queue' or 'device', got {loader!r}")
         from sgnet_lightning.data.manifest import Manifest
 
         self.manifest = Manifest.load(manifest, root=data_root)
@@ -306,6 +312,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.splits["train"]:
             raise SgnetError(f"the training split of {self.hparams.manifest} is empty")
+        if self.hparams.loader == "device":
+            return self._device_loader()
         dataset = tio.SubjectsDataset(self._subjects(self.splits["train"]), transform=self._train_transform())
         positive = self.hparams.positive_fraction
         sampler = tio.LabelSampler(
@@ -336,6 +344,19 @@ class SegmentationDataModule(pl.LightningDataModule):
         # num_workers=0: the Queue owns the workers (TorchIO's documented pattern).
         return DataLoader(self._patches, batch_size=self.hparams.batch_size, num_workers=0,
                           collate_fn=_collate_patches)
+
+    def _device_loader(self) -> DataLoader:
+        from sgnet_lightning.data.gpu_sampler import DevicePatchSampler, device_patch_loader, load_cached_volumes
+
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = DevicePatchSampler(
+            load_cached_volumes(self.cache_dir, self.splits["train"]), self.patch_size, self.hparams.batch_size,
+            positive_fraction=self.hparams.positive_fraction, steps_per_epoch=self.hparams.steps_per_epoch,
+            device=device, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)) + rank,
+        )
+        return device_patch_loader(sampler)
 
     def start_epoch(self, epoch: int) -> None:
         """Called by the training module at each epoch start: reseed and refill the patch queue."""
