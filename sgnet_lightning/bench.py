@@ -74,6 +74,14 @@ SEED_LR = 1e-4
 SEED_DATA = {"samples_per_volume": 1, "queue_length": 64, "num_workers": 2}
 SUITE_GPU_DATA = {"samples_per_volume": 16, "queue_length": 512, "num_workers": 8}
 PHANTOM_SPLIT = {"name": "kfold", "n_folds": 5, "test_size": 1}  # fold 0: 1 val, the rest train
+# The full BML comparison (experiments/benchmarks/bml.yaml, data_manifests/splits/bml_kfold.yaml):
+# 9 configurations over 6 architectures, 5 seeds, at most 100 epochs of 100 steps of 32 patches;
+# 104 labelled subjects -> 21 test, fold 0 validates on 17 every epoch.
+BML_BENCHMARK = {
+    "configs_per_architecture": {"unet": 1, "attention_unet": 1, "resunet": 1, "segresnet": 1, "sgnet": 3,
+                                 "segguidednet": 2},
+    "seeds": 5, "epochs": 100, "steps_per_epoch": 100, "batch_size": 32, "n_val": 17, "n_test": 21,
+}
 
 
 # ================================================================================================
@@ -130,7 +138,8 @@ class Sizes:
         suite_batch_size: the suite's training batch (32 on a GPU).
         phantom_n, phantom_size: phantom set generated when none is given (size None: 1 mm grid).
         loader_rounds: alternating DataModule / naive rounds of the loader comparison.
-        queue_length_cap: upper bound on queue lengths (short CPU runs), or None.
+        queue_caps: upper bounds on queue settings (``queue_length``, ``samples_per_volume``,
+            ``num_workers``) for short CPU runs; None: the settings as configured.
         loader_patch: patch of the loader comparison (no network runs there, so the seed's
             96 x 96 x 32 on every device but with ``quick``).
         loader_batch_size: batch of the loader comparison; None: each setting's own.
@@ -146,7 +155,7 @@ class Sizes:
     phantom_n: int
     phantom_size: int | None
     loader_rounds: int
-    queue_length_cap: int | None
+    queue_caps: dict[str, int] | None
     loader_patch: tuple[int, int, int] = (96, 96, 32)
     loader_batch_size: int | None = None
 
@@ -155,11 +164,12 @@ def sizes_for(device: torch.device, quick: bool, patch=None, steps=None) -> Size
     """Full sizes on a GPU; reduced sizes on a CPU (a CPU step at 96 x 96 x 32 takes seconds to a
     minute); tiny sizes with ``quick`` (tests, smoke runs)."""
     if quick:
-        sizes = Sizes((32, 32, 16), (48, 48, 32), 1, 2, 1, 2, 2, 6, 40, 1, 4, loader_patch=(32, 32, 16))
+        caps = {"queue_length": 4, "samples_per_volume": 4, "num_workers": 1}
+        sizes = Sizes((32, 32, 16), (48, 48, 32), 1, 2, 1, 2, 2, 6, 40, 1, caps, loader_patch=(32, 32, 16))
     elif device.type == "cuda":
         sizes = Sizes((96, 96, 32), (240, 240, 155), 20, 3, 8, 4, 32, 6, None, 1, None)
     else:
-        sizes = Sizes((64, 64, 32), (128, 128, 64), 2, 3, 1, 2, 2, 6, None, 2, 32, loader_batch_size=4)
+        sizes = Sizes((64, 64, 32), (128, 128, 64), 2, 3, 1, 2, 2, 6, None, 2, {"queue_length": 32}, loader_batch_size=4)
     if patch is not None:
         sizes = replace(sizes, patch=tuple(int(p) for p in patch), loader_patch=tuple(int(p) for p in patch))
     if steps is not None:
@@ -170,8 +180,8 @@ def sizes_for(device: torch.device, quick: bool, patch=None, steps=None) -> Size
 def _cap(data: dict[str, int], sizes: Sizes) -> dict[str, int]:
     data = dict(data)
     data["num_workers"] = min(data["num_workers"], os.cpu_count() or 1)
-    if sizes.queue_length_cap is not None:
-        data["queue_length"] = min(data["queue_length"], sizes.queue_length_cap)
+    for key, cap in (sizes.queue_caps or {}).items():
+        data[key] = min(data[key], cap)
     return data
 
 
@@ -603,6 +613,15 @@ def time_loader(batches: Iterator, prepare: Callable[[dict], dict], batch_size: 
     }
 
 
+def queue_buffer(queue: dict[str, int]) -> int:
+    """Patches a TorchIO queue can hand out without loading another subject: its buffer
+    (``max_length``) plus the subjects its workers have already loaded ahead (PyTorch's default
+    ``prefetch_factor`` of 2 per worker), ``samples_per_volume`` patches each. Timing starts after
+    this many patches and lasts at least twice as long, so it measures the workers, not the buffer."""
+    max_length = max(queue["queue_length"], queue["samples_per_volume"])
+    return max_length + 2 * queue["num_workers"] * queue["samples_per_volume"]
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -616,8 +635,8 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
     - ``device_sampler``: :class:`~sgnet_lightning.data.gpu_sampler.DevicePatchSampler` over the
       cached training volumes held on ``device`` (RAM on a CPU), augmented by the same hook.
 
-    The ways alternate in ``sizes.loader_rounds`` rounds (medians reported); queues are timed past
-    their first fill over at least two more fills.
+    The ways alternate in ``sizes.loader_rounds`` rounds (medians reported); queues are timed once
+    they have handed out their buffer (:func:`queue_buffer`), over twice that many patches.
     """
     from sgnet_lightning.data.datamodule import masks_from_label_map
     from sgnet_lightning.data.gpu_sampler import DevicePatchSampler, load_cached_volumes
@@ -629,8 +648,8 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
     for setting in settings:
         batch_size = sizes.loader_batch_size or setting.batch_size
         setting = replace(setting, batch_size=batch_size)
-        queue_length = max(setting.data["queue_length"], setting.data["samples_per_volume"])
-        timed = max(2 * queue_length, 8 * batch_size)
+        buffered = queue_buffer(setting.data)
+        timed = max(2 * buffered, 8 * batch_size)
         rounds: dict[str, list[dict]] = {"datamodule": [], "naive": [], "device_sampler": []}
         for _ in range(sizes.loader_rounds):
             datamodule = make_datamodule(data, setting, sizes.loader_patch, steps_per_epoch=10**6)
@@ -641,7 +660,7 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
 
             _log(f"loader {setting.name}: DataModule queue")
             rounds["datamodule"].append(time_loader(iter(datamodule.train_dataloader()), prepare_datamodule,
-                                                    batch_size, queue_length, timed, device))
+                                                    batch_size, buffered, timed, device))
             if naive:
                 task_regions = datamodule.task.regions
 
@@ -652,12 +671,14 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
 
                 _log(f"loader {setting.name}: naive queue")
                 loader = naive_loader(data, setting, sizes.loader_patch, batch_size)
-                rounds["naive"].append(time_loader(_endless(loader), prepare_naive, batch_size, queue_length,
+                rounds["naive"].append(time_loader(_endless(loader), prepare_naive, batch_size, buffered,
                                                    timed, device))
             _log(f"loader {setting.name}: device sampler")
             sampler = DevicePatchSampler(volumes, sizes.loader_patch, batch_size, datamodule.hparams.positive_fraction,
                                          steps_per_epoch=10**6, device=device, seed=0)
-            rounds["device_sampler"].append(time_loader(iter(sampler), prepare_datamodule, batch_size, 0, timed, device))
+            # no queue to fill; timed over more batches because each takes milliseconds
+            rounds["device_sampler"].append(time_loader(iter(sampler), prepare_datamodule, batch_size, 0,
+                                                        max(timed, 100 * batch_size), device))
             del sampler
             _free(device)
         entry: dict[str, Any] = {"queue": setting.data, "batch_size": batch_size, "patch": list(sizes.loader_patch),
@@ -684,13 +705,13 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
 # End to end through Lightning
 # ================================================================================================
 def measure_end_to_end(name: str, setting: RunSetting, data: BenchData, sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Training throughput of ``Trainer.fit`` on the DataModule: steps timed from the end of the
-    step that follows the queue's first fill, over at least two more fills (>= 4 steps)."""
+    """Training throughput of ``Trainer.fit`` on the DataModule: steps timed once the queue has
+    handed out its buffer (:func:`queue_buffer`), over twice that many patches (>= 4 steps)."""
     import lightning.pytorch as pl
 
-    queue_length = max(setting.data["queue_length"], setting.data["samples_per_volume"])
-    warmup = max(sizes.warmup, math.ceil(queue_length / setting.batch_size) + 1)
-    timed = max(4, math.ceil(2 * queue_length / setting.batch_size))
+    buffered = queue_buffer(setting.data)
+    warmup = max(sizes.warmup, math.ceil(buffered / setting.batch_size) + 1)
+    timed = max(4, math.ceil(2 * buffered / setting.batch_size))
     stamps: list[float] = []
 
     class StepClock(pl.Callback):
@@ -808,14 +829,38 @@ def run_bench(
             _log(json.dumps({name: entry["ratios"]}))
         if "loader" in parts:
             report["loader"] = measure_loaders(data, [seed, suite], sizes, dev)
+    if dev.type == "cuda" and not quick and tuple(sizes.patch) == (96, 96, 32):
+        report["projection_bml"] = _project_bml(report["models"])
     report["device"]["load_average_end"] = list(os.getloadavg())
     atomic_write_json(out, report)
     return report
 
 
+def _project_bml(models: dict[str, Any]) -> dict[str, Any] | None:
+    """Hours of the full BML benchmark at the suite's measured end-to-end and inference rates
+    (:func:`project_benchmark_hours`); None unless every architecture it runs was measured."""
+    counts = BML_BENCHMARK["configs_per_architecture"]
+    try:
+        rates = {n: models[n]["end_to_end"]["suite"]["patches_per_s"] for n in counts}
+        infer = {n: next(v["ms_per_volume"] for k, v in models[n]["inference"].items() if k.startswith("suite_sw")) / 1000
+                 for n in counts}
+    except KeyError:
+        return None
+    settings = {k: v for k, v in BML_BENCHMARK.items() if k != "configs_per_architecture"}
+    per_config = project_benchmark_hours(rates, infer, **settings)
+    hours = {n: per_config[n] * counts[n] for n in counts}
+    return {"hours_per_architecture": hours, "total_hours": sum(hours.values()), "assumptions": BML_BENCHMARK,
+            "note": "upper bound: every run goes to 100 epochs; metric computation not included"}
+
+
 def run_loader_bench(out, quick=False, patch=None, phantom_dir=None, manifest=None, cache_root=None,
-                     device=None, rounds: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    """``sgnet bench loader``: the loader comparison alone (DataModule against the naive queue)."""
+                     device=None, rounds: int | None = None, threads: int | None = None,
+                     queues: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """``sgnet bench loader``: the loader comparison alone (DataModule against the naive queue).
+
+    ``queues``: extra ``(samples_per_volume, queue_length, num_workers)`` settings to compare (named
+    ``spv<s>_q<l>_w<w>``), measured as given, without the CPU caps.
+    """
     if threads:
         torch.set_num_threads(int(threads))
     dev = pick_device(device)
@@ -823,6 +868,9 @@ def run_loader_bench(out, quick=False, patch=None, phantom_dir=None, manifest=No
     if rounds:
         sizes = replace(sizes, loader_rounds=int(rounds))
     settings = [seed_way(dev, sizes), suite_defaults(dev, sizes)]
+    for spv, length, workers in queues or []:
+        data = {"samples_per_volume": int(spv), "queue_length": int(length), "num_workers": int(workers)}
+        settings.append(replace(settings[1], name=f"spv{spv}_q{length}_w{workers}", data=data))
     report: dict[str, Any] = {"schema": 1, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join(sys.argv), "quick": quick, "device": environment(dev),
                               "sizes": asdict(sizes), "settings": {s.name: asdict(s) for s in settings},
@@ -882,7 +930,8 @@ def project_benchmark_hours(train_rates: dict[str, float], infer_seconds: dict[s
                    + n_val x infer_seconds) + n_test x infer_seconds] / 3600
 
     ``train_rates``: end-to-end patches/s; ``infer_seconds``: seconds per validation or test volume.
-    Early stopping only shortens this (an upper bound at ``epochs``).
+    Early stopping only shortens this (an upper bound at ``epochs``); metric computation (HD95 at
+    test) is not included.
     """
     hours = {}
     for name, rate in train_rates.items():
@@ -967,7 +1016,7 @@ def _cmd_bench(args) -> int:
         out = args.out or "runs/perf/loader.json"
         report = run_loader_bench(out, quick=args.quick, patch=args.patch, phantom_dir=args.phantom_dir,
                                   manifest=args.manifest, cache_root=args.cache_root, device=args.device,
-                                  rounds=args.rounds, threads=args.threads)
+                                  rounds=args.rounds, threads=args.threads, queues=args.queue)
         print(f"device: {report['device']['name']} ({report['device']['type']}), {report['date']}")
         print(format_loader_table(report["loader"]))
     else:
@@ -1004,4 +1053,6 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure")
     p.add_argument("--rounds", type=int, help="loader: alternating DataModule / naive rounds")
     p.add_argument("--threads", type=int, help="torch threads of this process (default: torch's choice)")
+    p.add_argument("--queue", type=int, nargs=3, action="append", metavar=("SPV", "LENGTH", "WORKERS"),
+                   help="loader: also compare this queue (samples per volume, length, workers); repeatable")
     p.set_defaults(func=_cmd_bench)
