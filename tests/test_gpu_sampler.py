@@ -109,7 +109,12 @@ def test_shapes_and_dtypes(volumes):
 
 
 @pytest.mark.parametrize("gather", [False, True], ids=["slicing", "gather"])
-def test_patches_are_exact_crops_of_padded_volumes(volumes, gather):
+@pytest.mark.parametrize("tiny", [False, True], ids=["volumes", "smaller-than-patch"])
+def test_patches_are_exact_crops_of_padded_volumes(volumes, gather, tiny):
+    """Every patch equals the window of the volume zero-padded by half a patch (the queue's tio.Pad)
+    around its centre, for both ways of cutting, also for a volume smaller than the patch."""
+    if tiny:
+        volumes = [(image[:, 2:10, 3:9, :5], label[2:10, 3:9, :5]) for image, label in volumes[:1]]
     sampler = DevicePatchSampler(volumes, PATCH, batch_size=50, steps_per_epoch=1, seed=3, gather=gather)
     state = sampler.generator.get_state()
     volume, centre = sampler.sample_centres(50)
@@ -176,8 +181,6 @@ def test_deterministic_with_seed(volumes):
 
 
 def test_rejects_bad_input(volumes):
-    with pytest.raises(ValueError, match="smaller than the patch"):
-        DevicePatchSampler(volumes, (64, 64, 64), batch_size=2)
     with pytest.raises(ValueError, match="positive_fraction"):
         DevicePatchSampler(volumes, PATCH, batch_size=2, positive_fraction=1.5)
     image, label = volumes[0]
@@ -193,9 +196,9 @@ def test_loads_cache_and_sizes_memory(tmp_path, volumes):
     loaded = load_cached_volumes(tmp_path, [f"s{i}" for i in range(len(volumes))])
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(loaded, volumes))
     sampler = DevicePatchSampler(loaded, PATCH, batch_size=2)
-    allocated = (sampler.images.numel() * sampler.images.element_size() + sampler.labels.numel()
-                 + sampler.positive_index.numel() * 8)
-    assert device_bytes_needed(loaded, PATCH) == allocated
+    allocated = (sampler._image_buffer.numel() * sampler._image_buffer.element_size()
+                 + sampler._label_buffer.numel() + sampler.positive_index.numel() * 8)
+    assert device_bytes_needed(loaded) == allocated
     write_cached_subject(tmp_path / "unlabelled", volumes[0][0].numpy(), None, {"subject": "unlabelled"})
     from sgnet_lightning.errors import DataError
 

@@ -2,14 +2,15 @@
 
 Why: a TorchIO ``Queue`` loads, pads and crops on the CPU; on a 2- to 16-core machine it delivers
 tens to a couple of hundred patches per second while a GPU trains on 300 to 4,000
-(``docs/performance.md``). When the preprocessed training volumes fit in GPU memory (BML: 70
-subjects x 2 x ~175 x 190 x 160 float16 is about 1 GB), cutting patches on the GPU removes the CPU
-from the training loop altogether.
+(``docs/performance.md``). When the preprocessed training volumes fit in device memory, cutting
+patches there removes the CPU from the training loop. Volumes are stored as cached (float16, no
+padding): about 25 MB per full-size BML phantom subject, so BML's 66 training subjects take under 2 GB.
 
 What it reproduces of the queue path (``SegmentationDataModule.train_dataloader``):
 
-- volumes padded by half a patch with zeros (``tio.Pad``), so every voxel of the volume, border
-  included, can be a patch centre;
+- every voxel of a volume, border included, can be a patch centre, and what a patch covers outside
+  the volume is zero, exactly as after the queue's half-patch ``tio.Pad`` (here the padding is
+  never stored: out-of-volume voxels are masked when cutting);
 - label-balanced centres as ``tio.LabelSampler(label_probabilities={0: 1 - p, 1: p})`` on the
   tumour-anywhere map: with probability ``positive_fraction`` a voxel with label > 0, otherwise a
   background voxel (label 0), each uniform within its class; a volume without tumour gives only
@@ -63,16 +64,11 @@ def load_cached_volumes(cache_dir: str | Path, subjects: Sequence[str]) -> list[
     return volumes
 
 
-def device_bytes_needed(volumes: Sequence[Volume], patch_size: Sequence[int], storage_dtype=torch.float16) -> int:
-    """Bytes :class:`DevicePatchSampler` allocates for ``volumes`` (stacked, padded images and labels),
-    to decide before allocating whether a data set fits in device memory."""
-    half = [p // 2 for p in patch_size]
-    padded = [max(v[0].shape[1 + a] for v in volumes) + 2 * half[a] for a in range(3)]
-    n, channels = len(volumes), volumes[0][0].shape[0]
-    voxels = n * padded[0] * padded[1] * padded[2]
+def device_bytes_needed(volumes: Sequence[Volume], storage_dtype=torch.float16) -> int:
+    """Bytes :class:`DevicePatchSampler` allocates for ``volumes`` (images in ``storage_dtype``, uint8
+    labels, an int64 index of tumour voxels), to decide before allocating whether a data set fits."""
     element = torch.empty((), dtype=storage_dtype).element_size()
-    positives = sum(int((v[1] > 0).sum()) for v in volumes)
-    return voxels * (channels * element + 1) + positives * 8
+    return sum(image.numel() * element + label.numel() + int((label > 0).sum()) * 8 for image, label in volumes)
 
 
 class DevicePatchSampler(IterableDataset):
@@ -81,7 +77,7 @@ class DevicePatchSampler(IterableDataset):
     Args:
         volumes: ``[(image (C, X, Y, Z), label_map (X, Y, Z) integer)]``; shapes may differ between
             volumes, channels may not. Copied to ``device`` (images as ``storage_dtype``).
-        patch_size: (x, y, z) voxels of a patch; every volume must be at least this large.
+        patch_size: (x, y, z) voxels of a patch.
         batch_size: patches per batch.
         positive_fraction: probability that a patch is centred on a voxel with label > 0.
         steps_per_epoch: batches one iteration yields (an epoch is defined by steps, as in the
@@ -91,12 +87,11 @@ class DevicePatchSampler(IterableDataset):
         storage_dtype: dtype of the stored images (float16, the cache's precision, halves memory).
         out_dtype: dtype of the yielded images (float32 like the queue path).
         gather: cut a batch with one gather (``take``), which never waits for the device, rather
-            than a loop of slices and one stack, which reads the centres on the host; None: gather on
-            CUDA, slices on a CPU (where they are much faster).
+            than a loop of box copies, which reads the centres on the host; None: gather on CUDA,
+            box copies on a CPU (where they are much faster).
 
-    Memory: ``len(volumes) x (C x bytes(storage_dtype) + 1)`` bytes per voxel of the largest volume
-    padded by half a patch on each side (see :func:`device_bytes_needed`), plus 8 bytes per tumour
-    voxel for the index of positive centres.
+    Memory: ``C x bytes(storage_dtype) + 1`` bytes per voxel of every volume, plus 8 bytes per tumour
+    voxel for the index of positive centres (:func:`device_bytes_needed`).
     """
 
     def __init__(
@@ -139,32 +134,33 @@ class DevicePatchSampler(IterableDataset):
                     f"volume {index}: expected image (C={channels}, X, Y, Z) and label (X, Y, Z), "
                     f"got {tuple(image.shape)} and {tuple(label.shape)}"
                 )
-            if any(s < p for s, p in zip(image.shape[1:], self.patch_size)):
-                raise ValueError(f"volume {index} of shape {tuple(image.shape[1:])} is smaller than the patch {self.patch_size}")
-        half = [p // 2 for p in self.patch_size]
-        shapes = torch.tensor([list(image.shape[1:]) for image, _ in volumes], dtype=torch.long)
-        # One stacked tensor so a whole batch is one gather; every volume sits at the origin of its
-        # slot, shifted by half a patch, and the rest of the slot stays zero (the queue's padding).
-        padded = [int(shapes[:, a].max()) + 2 * half[a] for a in range(3)]
-        self.images = torch.zeros((len(volumes), channels, *padded), dtype=storage_dtype, device=self.device)
-        self.labels = torch.zeros((len(volumes), *padded), dtype=torch.uint8, device=self.device)
-        positive_indices, positive_counts = [], []
-        for index, (image, label) in enumerate(volumes):
-            x, y, z = image.shape[1:]
-            window = (slice(half[0], half[0] + x), slice(half[1], half[1] + y), slice(half[2], half[2] + z))
-            self.images[index][(slice(None), *window)] = image.to(self.device, storage_dtype)
-            self.labels[index][window] = label.to(self.device, torch.uint8)
-            flat = torch.nonzero(label.reshape(-1) > 0).flatten().to(self.device)  # linear index in (X, Y, Z)
+        # All volumes back to back in one flat image buffer and one flat label buffer, so a whole
+        # batch is one gather whatever the shapes; self.images / self.labels are views per volume.
+        voxels = [label.numel() for _, label in volumes]
+        image_buffer = torch.empty(channels * sum(voxels), dtype=storage_dtype, device=self.device)
+        label_buffer = torch.empty(sum(voxels), dtype=torch.uint8, device=self.device)
+        self.images, self.labels = [], []
+        positive_indices, positive_counts, start = [], [], 0
+        for (image, label), n in zip(volumes, voxels):
+            image_view = image_buffer[channels * start:channels * (start + n)].view(image.shape)
+            label_view = label_buffer[start:start + n].view(label.shape)
+            image_view.copy_(image)
+            label_view.copy_(label)
+            self.images.append(image_view)
+            self.labels.append(label_view)
+            flat = torch.nonzero(label_view.reshape(-1) > 0).flatten()  # linear index in (X, Y, Z)
             positive_indices.append(flat)
             positive_counts.append(flat.numel())
-        self.shapes = shapes.to(self.device)  # (N, 3) unpadded sizes
+            start += n
+        self._image_buffer, self._label_buffer = image_buffer, label_buffer
+        self.shapes = torch.tensor([list(label.shape) for _, label in volumes], dtype=torch.long, device=self.device)
+        self.label_offset = torch.tensor([0, *voxels[:-1]], dtype=torch.long, device=self.device).cumsum(0)
         self.positive_index = torch.cat(positive_indices)  # all volumes' tumour voxels, volume after volume
         self.positive_count = torch.tensor(positive_counts, dtype=torch.long, device=self.device)
         self.positive_offset = torch.cumsum(self.positive_count, 0) - self.positive_count
-        # linear offsets of a patch's voxels from its corner in the padded slot, for the gather
-        _, y, z = padded
-        px, py, pz = (torch.arange(p, device=self.device) for p in self.patch_size)
-        self._patch_grid = (px[:, None, None] * (y * z) + py[None, :, None] * z + pz[None, None, :]).reshape(-1)
+        # each patch voxel's (dx, dy, dz) from the patch corner, flattened in C order, for the gather
+        grid = torch.meshgrid(*(torch.arange(p, device=self.device) for p in self.patch_size), indexing="ij")
+        self._patch_grid = torch.stack([g.reshape(-1) for g in grid])  # (3, P)
         self._channels = torch.arange(channels, device=self.device)
 
     def __len__(self) -> int:
@@ -176,8 +172,7 @@ class DevicePatchSampler(IterableDataset):
 
     # -- one batch ----------------------------------------------------------------------------------
     def sample_centres(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` patch centres: (volume index (n,), centre (n, 3) voxel coordinates in the
-        unpadded volume)."""
+        """Draw ``n`` patch centres: (volume index (n,), centre (n, 3) voxel coordinates in the volume)."""
         g, device = self.generator, self.device
         volume = torch.randint(0, len(self.shapes), (n,), generator=g, device=device)
         shape = self.shapes[volume]  # (n, 3)
@@ -207,32 +202,44 @@ class DevicePatchSampler(IterableDataset):
     def sample(self) -> dict[str, torch.Tensor]:
         """One batch: ``{"image": (B, C, x, y, z) out_dtype, "label_map": (B, x, y, z) uint8}`` on the device."""
         volume, centre = self.sample_centres(self.batch_size)
-        # In the padded slot, a patch centred on unpadded voxel c starts at c (pad = patch // 2).
+        corner = centre - torch.tensor([p // 2 for p in self.patch_size], device=self.device)  # may be < 0
         cut = self._cut_by_gather if self.gather else self._cut_by_slicing
-        image, label = cut(volume, centre)
+        image, label = cut(volume, corner)
         return {"image": image.to(self.out_dtype), "label_map": label}
 
-    def _cut_by_gather(self, volume: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # One ``take`` over the flattened storage: no host synchronisation, so on a GPU the next
-        # batch is queued while the previous training step still runs.
-        n, channels, x, y, z = self.images.shape
-        first = (start[:, 0] * y + start[:, 1]) * z + start[:, 2]  # (B,) linear index of the patch corner
-        volume_base = volume * (x * y * z) + first  # (B,) in the stacked labels
-        label_index = volume_base[:, None] + self._patch_grid[None]  # (B, P)
-        channel_base = (volume[:, None] * channels + self._channels[None]) * (x * y * z) + first[:, None]  # (B, C)
-        image_index = channel_base[:, :, None] + self._patch_grid[None, None]  # (B, C, P)
+    def _cut_by_gather(self, volume: torch.Tensor, corner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One ``take`` per buffer and no host synchronisation, so on a GPU the next batch is queued
+        # while the previous training step still runs. Voxels outside the volume read its first
+        # voxel and are then zeroed (the queue's zero padding).
+        shape = self.shapes[volume]  # (B, 3)
+        coords = corner[:, :, None] + self._patch_grid[None]  # (B, 3, P)
+        inside = ((coords >= 0) & (coords < shape[:, :, None])).all(dim=1)  # (B, P)
+        coords = torch.where(inside[:, None], coords, 0)
+        spatial = (coords[:, 0] * shape[:, 1:2] + coords[:, 1]) * shape[:, 2:3] + coords[:, 2]  # (B, P)
+        label_index = self.label_offset[volume][:, None] + spatial
+        n_voxels = shape.prod(dim=1)  # (B,)
+        channels = len(self._channels)
+        image_index = ((channels * self.label_offset[volume])[:, None, None]
+                       + self._channels[None, :, None] * n_voxels[:, None, None] + spatial[:, None, :])  # (B, C, P)
         batch = len(volume)
-        image = self.images.reshape(-1).take(image_index).view(batch, channels, *self.patch_size)
-        label = self.labels.reshape(-1).take(label_index).view(batch, *self.patch_size)
-        return image, label
+        image = self._image_buffer.take(image_index) * inside[:, None].to(self._image_buffer.dtype)
+        label = self._label_buffer.take(label_index) * inside.to(torch.uint8)
+        return image.view(batch, channels, *self.patch_size), label.view(batch, *self.patch_size)
 
-    def _cut_by_slicing(self, volume: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # On a CPU a loop of B views and one stack is a plain memory copy, ~30x faster than a gather.
-        px, py, pz = self.patch_size
-        boxes = [(v, slice(x, x + px), slice(y, y + py), slice(z, z + pz))
-                 for v, (x, y, z) in zip(volume.tolist(), start.tolist())]
-        image = torch.stack([self.images[v, :, sx, sy, sz] for v, sx, sy, sz in boxes])
-        label = torch.stack([self.labels[v, sx, sy, sz] for v, sx, sy, sz in boxes])
+    def _cut_by_slicing(self, volume: torch.Tensor, corner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # On a CPU a loop of B box copies is a plain memory copy, ~30x faster than a gather.
+        batch, channels = len(volume), len(self._channels)
+        image = torch.zeros((batch, channels, *self.patch_size), dtype=self._image_buffer.dtype, device=self.device)
+        label = torch.zeros((batch, *self.patch_size), dtype=torch.uint8, device=self.device)
+        for b, (v, start) in enumerate(zip(volume.tolist(), corner.tolist())):
+            shape = self.labels[v].shape
+            source, target = [], []
+            for a, (s, p, n) in enumerate(zip(start, self.patch_size, shape)):
+                lo, hi = max(s, 0), min(s + p, n)  # the part of the patch inside the volume
+                source.append(slice(lo, hi))
+                target.append(slice(lo - s, hi - s))
+            image[(b, slice(None), *target)] = self.images[v][(slice(None), *source)]
+            label[(b, *target)] = self.labels[v][tuple(source)]
         return image, label
 
     def _uniform_voxels(self, shape: torch.Tensor) -> torch.Tensor:
@@ -240,8 +247,9 @@ class DevicePatchSampler(IterableDataset):
         return (u * shape).long().minimum(shape - 1)
 
     def _label_at(self, volume: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        half = [p // 2 for p in self.patch_size]
-        return self.labels[volume, centre[:, 0] + half[0], centre[:, 1] + half[1], centre[:, 2] + half[2]]
+        shape = self.shapes[volume]
+        spatial = (centre[:, 0] * shape[:, 1] + centre[:, 1]) * shape[:, 2] + centre[:, 2]
+        return self._label_buffer[self.label_offset[volume] + spatial]
 
 
 def _unravel(linear: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
