@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -89,16 +91,31 @@ def open_storage(storage: str, heartbeat_interval: int = 60, grace_period: int =
     if grace_period <= heartbeat_interval:
         log.warning("grace period %d s is not longer than the heartbeat interval %d s", grace_period,
                     heartbeat_interval)
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.x
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        return optuna.storages.RDBStorage(
-            storage,
-            engine_kwargs=engine_kwargs(storage),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            **{_RETRY_ARGUMENT: _RetryCallback(max_retry=max_retry)},
-        )
+    import sqlalchemy.exc
+
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.storages.RDBStorage(
+                storage,
+                engine_kwargs=engine_kwargs(storage),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                **{_RETRY_ARGUMENT: _RetryCallback(max_retry=max_retry)},
+            )
+
+    # Workers started together on an empty database race to create Optuna's tables (PostgreSQL
+    # refuses the second CREATE TYPE): the loser waits and opens the schema the winner made.
+    for _ in range(SCHEMA_ATTEMPTS - 1):
+        try:
+            return connect()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(1.0 + 2.0 * random.random())
+    return connect()
+
+
+SCHEMA_ATTEMPTS = 5
 
 
 def retry_history(study: optuna.Study, number: int) -> list[int]:
