@@ -223,6 +223,15 @@ class _explain_out_of_memory:
         return False
 
 
+def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path | None:
+    """``"best"`` / ``"last"`` of a run folder, or a path; a clear error when it does not exist."""
+    named = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}
+    path = named.get(ckpt, Path(ckpt) if ckpt else None)
+    if path is not None and not path.is_file():
+        raise SgnetError(f"checkpoint not found: {path} (train first with `sgnet fit`)")
+    return path
+
+
 def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
              save_predictions: bool = True, save_nifti: bool = False,
              overrides: Sequence[str] = ()) -> pd.DataFrame:
@@ -235,10 +244,7 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
         save_nifti: also write them as NIfTI on each subject's original grid in ``predictions_nifti/``.
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    ckpt_path = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}.get(
-        ckpt, Path(ckpt) if ckpt else None)
-    if ckpt_path is not None and not ckpt_path.is_file():
-        raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
+    ckpt_path = checkpoint_path(run_dir, ckpt)
     test_config = copy.deepcopy(config)
     test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
     module, datamodule, trainer = build(test_config, run_dir, overrides=overrides, stage="test")
@@ -261,10 +267,7 @@ def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
              overrides: Sequence[str] = ()) -> dict[str, float]:
     """Validate a trained run on its validation split; return the logged metrics."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    ckpt_path = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}.get(
-        ckpt, Path(ckpt) if ckpt else None)
-    if ckpt_path is not None and not ckpt_path.is_file():
-        raise SgnetError(f"checkpoint not found: {ckpt_path} (train first with `sgnet fit`)")
+    ckpt_path = checkpoint_path(run_dir, ckpt)
     val_config = copy.deepcopy(config)
     val_config.setdefault("run", {})["wandb"] = {"enabled": False}
     module, datamodule, trainer = build(val_config, run_dir, overrides=overrides, stage="validate")
