@@ -145,8 +145,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         patch_size: training patch (x, y, z) in voxels (seed: 96, 96, 32).
         batch_size: patches per step.
         positive_fraction: share of patches centred on tumour (seed 1:1 -> 0.5).
-        samples_per_volume: patches cut from a volume each time it is loaded (raise to cut loading cost).
-        queue_length: patches held in RAM by the Queue (``max_length``); RAM grows with this.
+        samples_per_volume: patches cut from a volume each time it is loaded: the lever of the queue
+            path, since TorchIO builds a sampling map per load (8 -> 32 took 11 to 36 patches/s on
+            2 cores, docs/performance.md).
+        queue_length: patches held in RAM by the Queue (``max_length``); RAM grows with this (256
+            patches of 2 x 96 x 96 x 32 float32: 0.6 GiB) and so does the number of subjects mixed.
         num_workers: Queue workers loading and cropping volumes.
         steps_per_epoch: training steps that make one epoch.
         augment: device-side augmentation: ``{"flip_axes": [0], "flip_p": 0.5, "rot90_p": 0.5}``
@@ -173,8 +176,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         patch_size: tuple[int, int, int] = (96, 96, 32),
         batch_size: int = 4,
         positive_fraction: float = 0.5,
-        samples_per_volume: int = 8,
-        queue_length: int = 64,
+        samples_per_volume: int = 32,
+        queue_length: int = 256,
         num_workers: int = 2,
         steps_per_epoch: int = 100,
         augment: dict[str, Any] | None = None,
