@@ -169,7 +169,7 @@ def sizes_for(device: torch.device, quick: bool, patch=None, steps=None) -> Size
     elif device.type == "cuda":
         sizes = Sizes((96, 96, 32), (240, 240, 155), 20, 3, 8, 4, 32, 6, None, 1, None)
     else:
-        sizes = Sizes((64, 64, 32), (128, 128, 64), 2, 3, 1, 2, 2, 6, None, 2, {"queue_length": 32}, loader_batch_size=4)
+        sizes = Sizes((64, 64, 32), (128, 128, 64), 2, 3, 1, 2, 2, 6, None, 2, {"queue_length": 64}, loader_batch_size=4)
     if patch is not None:
         sizes = replace(sizes, patch=tuple(int(p) for p in patch), loader_patch=tuple(int(p) for p in patch))
     if steps is not None:
@@ -709,9 +709,12 @@ def measure_end_to_end(name: str, setting: RunSetting, data: BenchData, sizes: S
     handed out its buffer (:func:`queue_buffer`), over twice that many patches (>= 4 steps)."""
     import lightning.pytorch as pl
 
-    buffered = queue_buffer(setting.data)
-    warmup = max(sizes.warmup, math.ceil(buffered / setting.batch_size) + 1)
-    timed = max(4, math.ceil(2 * buffered / setting.batch_size))
+    if setting.data.get("loader") == "device":  # nothing buffered: warm up like the model-only run
+        warmup, timed = sizes.warmup + 1, max(4, sizes.steps)
+    else:
+        buffered = queue_buffer(setting.data)
+        warmup = max(sizes.warmup, math.ceil(buffered / setting.batch_size) + 1)
+        timed = max(4, math.ceil(2 * buffered / setting.batch_size))
     stamps: list[float] = []
 
     class StepClock(pl.Callback):
@@ -784,6 +787,8 @@ def run_bench(
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
     seed, suite = seed_way(dev, sizes), suite_defaults(dev, sizes)
+    # the suite with ``data.loader: device``: the training set on the device, no queue
+    suite_device = replace(suite, name="suite_device", data={"loader": "device"})
     train_settings = [seed, suite] + ([suite_defaults(dev, sizes, compile=True)] if compile and dev.type == "cuda" else [])
     infer_settings = [seed, suite] + ([suite_defaults(dev, sizes, sw_batch_size=64)] if dev.type == "cuda" else [])
     report: dict[str, Any] = {
@@ -794,7 +799,7 @@ def run_bench(
         "parts": list(parts),
         "device": environment(dev),
         "sizes": asdict(sizes),
-        "settings": {s.name: asdict(s) for s in train_settings},
+        "settings": {s.name: asdict(s) for s in [*train_settings, suite_device]},
         "inference_settings": [asdict(s) for s in infer_settings],
         "notes": _notes(dev, sizes, quick),
         "models": {},
@@ -814,7 +819,7 @@ def run_bench(
                                        for s in train_settings}
             if "end_to_end" in parts:
                 entry["end_to_end"] = {s.name: _timed(f"{name} end-to-end {s.name}", measure_end_to_end, name, s, data,
-                                                      sizes, dev) for s in (seed, suite)}
+                                                      sizes, dev) for s in (seed, suite, suite_device)}
             if "inference" in parts:
                 entry["inference"] = {f"{s.name}_sw{s.sw_batch_size}": _timed(f"{name} inference {s.name}",
                                                                               measure_inference, name, s, sizes, dev)
@@ -914,6 +919,8 @@ def _ratios(entry: dict) -> dict[str, float | None]:
         "end_to_end_suite_over_seed": _ratio(_rate(entry, "end_to_end", "suite"), _rate(entry, "end_to_end", "seed_way")),
         "end_to_end_over_model_only_seed": _ratio(_rate(entry, "end_to_end", "seed_way"), _rate(entry, "model_only", "seed_way")),
         "end_to_end_over_model_only_suite": _ratio(_rate(entry, "end_to_end", "suite"), _rate(entry, "model_only", "suite")),
+        "end_to_end_device_over_model_only_suite": _ratio(_rate(entry, "end_to_end", "suite_device"),
+                                                          _rate(entry, "model_only", "suite")),
         "inference_speedup_suite_over_seed": _ratio(seed_ms, suite_ms),
     }
 
@@ -952,8 +959,9 @@ def _fmt(value, digits=1) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """A Markdown table of the report: rates in patches/s, inference in ms per volume."""
     rows = ["| model | model-only seed | model-only suite | suite/seed | end-to-end seed | end-to-end suite "
-            "| e2e/model seed | e2e/model suite | infer seed ms | infer suite ms | infer speed-up | peak dev GiB | peak RSS GiB |",
-            "|" + " --- |" * 13]
+            "| end-to-end suite, device loader | e2e/model seed | e2e/model suite | e2e device/model suite "
+            "| infer seed ms | infer suite ms | infer speed-up | peak dev GiB | peak RSS GiB |",
+            "|" + " --- |" * 15]
     for name, entry in report["models"].items():
         r = entry["ratios"]
         inference = entry.get("inference", {})
@@ -965,8 +973,9 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append("| " + " | ".join([
             name, _fmt(_rate(entry, "model_only", "seed_way")), _fmt(_rate(entry, "model_only", "suite")),
             _fmt(r["model_only_suite_over_seed"], 2), _fmt(_rate(entry, "end_to_end", "seed_way")),
-            _fmt(_rate(entry, "end_to_end", "suite")), _fmt(r["end_to_end_over_model_only_seed"], 2),
-            _fmt(r["end_to_end_over_model_only_suite"], 2), _fmt(seed_ms, 0), _fmt(suite_ms, 0),
+            _fmt(_rate(entry, "end_to_end", "suite")), _fmt(_rate(entry, "end_to_end", "suite_device")),
+            _fmt(r["end_to_end_over_model_only_seed"], 2), _fmt(r["end_to_end_over_model_only_suite"], 2),
+            _fmt(r["end_to_end_device_over_model_only_suite"], 2), _fmt(seed_ms, 0), _fmt(suite_ms, 0),
             _fmt(r["inference_speedup_suite_over_seed"], 2), _fmt(suite_model.get("peak_device_gib"), 2),
             _fmt(rss or None, 2),
         ]) + " |")

@@ -58,7 +58,7 @@ def test_quick_bench_writes_every_field(tmp_path, phantom, capsys):
         assert key in report["device"]
     assert report["device"]["type"] == "cpu" and report["device"]["torch_threads"] == 1
     assert report["date"] and report["sizes"]["patch"] == [32, 32, 16]
-    assert set(report["settings"]) == {"seed_way", "suite"}
+    assert set(report["settings"]) == {"seed_way", "suite", "suite_device"}
     assert report["settings"]["seed_way"]["precision"] == "fp32" and report["settings"]["suite"]["channels_last"]
     assert any("CPU run" in note for note in report["notes"])
     assert report["data"]["train_subjects"] == len(report["data"]["cached_image_shapes"]) >= 2
@@ -66,6 +66,7 @@ def test_quick_bench_writes_every_field(tmp_path, phantom, capsys):
     assert set(report["models"]) == {"unet", "sgnet"}
     for name, entry in report["models"].items():
         assert entry["parameters"] > 0
+        assert set(entry["end_to_end"]) == {"seed_way", "suite", "suite_device"}
         for section in ("model_only", "end_to_end"):
             for setting in ("seed_way", "suite"):
                 measured = entry[section][setting]
