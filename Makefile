@@ -17,26 +17,35 @@ help:
 	@echo "make sweep SPACE=sweeps/sgnet_gate.yaml STORAGE=postgresql://...   Optuna study"
 	@echo "make perf        speed benchmark (seed way vs suite defaults) on this machine's device"
 
-install:
-	$(PYTHON) -m pip install -e ".[dev]"
+# `make demo` and `make test` set themselves up: torch (kept if present, e.g. a CUDA build),
+# then the package with its test dependencies, once per change of pyproject.toml.
+TORCH_SPEC ?= torch==2.13.0
+INSTALLED := .make-installed
 
-test:
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED)
+
+test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
-test-fast:
+test-fast: $(INSTALLED)
 	$(PYTHON) -m pytest -q -m "not slow"
 
 # Phantom data sets in the real layouts; the manifests in data_manifests/ were made from exactly these.
 phantoms: data/phantom_bml/dataset_info.json data/phantom_brats2021/dataset_info.json data/phantom_brats2023/dataset_info.json
 
-data/phantom_bml/dataset_info.json:
+data/phantom_bml/dataset_info.json: $(INSTALLED)
 	$(SGNET) data synth --kind bml --n $(PHANTOM_N) --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_bml
 data/phantom_brats2021/dataset_info.json:
 	$(SGNET) data synth --kind brats2021 --n 12 --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_brats2021
 data/phantom_brats2023/dataset_info.json:
 	$(SGNET) data synth --kind brats2023 --n 12 --size $(PHANTOM_SIZE) --seed 0 --out data/phantom_brats2023
 
-demo: data/phantom_bml/dataset_info.json
+demo: $(INSTALLED) data/phantom_bml/dataset_info.json
 	$(SGNET) data check data_manifests/phantom_bml.csv
 	$(SGNET) benchmark --config experiments/benchmarks/demo.yaml
 	$(SGNET) stats --results runs/demo --reference unet --out runs/demo/stats
@@ -65,4 +74,4 @@ perf:
 	$(SGNET) bench --out runs/perf/bench.json
 
 clean:
-	rm -rf runs cache .pytest_cache
+	rm -rf runs cache .pytest_cache $(INSTALLED)
