@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = Path((argv or sys.argv[1:])[0])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary_table(bench_dir).to_string())
-    print(f"\nper-subject results: {bench_dir / 'results.csv'}")
+    print(f"\nruns (checkpoints, logs, W&B offline files): {bench_dir}/<model>/seed<k>/")
+    print(f"per-subject results: {bench_dir / 'results.csv'}")
     print(f"statistics:          {bench_dir / 'stats' / 'stats.csv'}")
-    print(f"report:              {bench_dir / 'report' / 'report.html'} (and report.md)")
-    print(f"runs (checkpoints, logs, W&B offline files): {bench_dir}/<model>/seed<k>/")
+    print(f"report:              {(bench_dir / 'report' / 'report.html').resolve()} (and report.md)")
     return 0
 
 
