@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -384,6 +385,14 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _release_workers(device: torch.device) -> None:
+    # A queue's worker processes end when its loader iterator is collected. Collect now, in this
+    # process: a worker forked later would otherwise inherit the iterator and try to stop workers
+    # that are not its children ("can only test a child process"), and idle workers would linger.
+    gc.collect()
+    _free(device)
+
+
 # ================================================================================================
 # Inference and numerics
 # ================================================================================================
@@ -659,8 +668,9 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
                 return datamodule.on_after_batch_transfer(_to_device(batch, device), 0)
 
             _log(f"loader {setting.name}: DataModule queue")
-            rounds["datamodule"].append(time_loader(iter(datamodule.train_dataloader()), prepare_datamodule,
-                                                    batch_size, buffered, timed, device))
+            batches = iter(datamodule.train_dataloader())
+            rounds["datamodule"].append(time_loader(batches, prepare_datamodule, batch_size, buffered, timed, device))
+            del batches
             if naive:
                 task_regions = datamodule.task.regions
 
@@ -670,17 +680,17 @@ def measure_loaders(data: BenchData, settings: list[RunSetting], sizes: Sizes, d
                     return batch
 
                 _log(f"loader {setting.name}: naive queue")
-                loader = naive_loader(data, setting, sizes.loader_patch, batch_size)
-                rounds["naive"].append(time_loader(_endless(loader), prepare_naive, batch_size, buffered,
-                                                   timed, device))
+                batches = _endless(naive_loader(data, setting, sizes.loader_patch, batch_size))
+                rounds["naive"].append(time_loader(batches, prepare_naive, batch_size, buffered, timed, device))
+                del batches
             _log(f"loader {setting.name}: device sampler")
             sampler = DevicePatchSampler(volumes, sizes.loader_patch, batch_size, datamodule.hparams.positive_fraction,
                                          steps_per_epoch=10**6, device=device, seed=0)
             # no queue to fill; timed over more batches because each takes milliseconds
             rounds["device_sampler"].append(time_loader(iter(sampler), prepare_datamodule, batch_size, 0,
                                                         max(timed, 100 * batch_size), device))
-            del sampler
-            _free(device)
+            del sampler, datamodule, prepare_datamodule
+            _release_workers(device)
         entry: dict[str, Any] = {"queue": setting.data, "batch_size": batch_size, "patch": list(sizes.loader_patch),
                                  "volumes_load_seconds": volumes_seconds}
         for way, runs in rounds.items():
@@ -747,7 +757,7 @@ def measure_end_to_end(name: str, setting: RunSetting, data: BenchData, sizes: S
         **memory_peaks(device),
     }
     del module, trainer, datamodule
-    _free(device)
+    _release_workers(device)
     return result
 
 
