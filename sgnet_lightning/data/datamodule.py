@@ -102,26 +102,36 @@ class _StepsPerEpoch(Dataset):
     epoch's patches depend only on the seed and the epoch number: a run resumed from a checkpoint
     at an epoch boundary draws exactly the patches the uninterrupted run drew. (The Queue ignores
     the index it is given: it pops its own shuffled patch list.)
+
+    The reseed waits for the epoch's first item, not for ``start_epoch``: Lightning creates the
+    DataLoader iterator, which draws a seed from the global generator, after ``on_train_epoch_start``
+    in an ordinary epoch but before it in the first epoch of a (resumed) fit. Reseeding any earlier
+    than the first fetch would let that one draw shift every random number of a resumed run's
+    first epoch.
     """
 
     def __init__(self, make_queue, length: int):
         self.make_queue, self.length = make_queue, length
+        self.epoch = 0
         self.queue: tio.Queue | None = None
 
     def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.queue = epoch, None
+
+    def _reseed_and_fill(self) -> None:
         base_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = int(np.random.SeedSequence([base_seed, epoch]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([base_seed, self.epoch]).generate_state(1)[0])
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.queue = self.make_queue(epoch, seed)
+        self.queue = self.make_queue(self.epoch, seed)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
         if self.queue is None:
-            self.start_epoch(0)
+            self._reseed_and_fill()
         return self.queue[index]
 
 
@@ -362,7 +372,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return device_patch_loader(sampler)
 
     def start_epoch(self, epoch: int) -> None:
-        """Called by the training module at each epoch start: reseed and refill the patch queue."""
+        """Called by the training module at each epoch start: the epoch's first patch reseeds and refills the queue."""
         if getattr(self, "_patches", None) is not None:
             self._patches.start_epoch(epoch)
 
