@@ -38,9 +38,11 @@ def test_batches_have_the_documented_shapes_and_targets(datamodule):
     task = datamodule.task
     batch = next(iter(datamodule.train_dataloader()))
     channels = 2 if task.dataset == "bml" else 4
-    assert batch["image"].shape == (4, channels, *PATCH) and batch["image"].dtype == torch.float32
+    # batches travel as the cache's float16 and become float32 after the transfer to the device
+    assert batch["image"].shape == (4, channels, *PATCH) and batch["image"].dtype == torch.float16
     assert batch["label_map"].shape == (4, *PATCH)
     batch = datamodule.on_after_batch_transfer(batch, 0)
+    assert batch["image"].dtype == torch.float32
     assert batch["target"].shape == (4, len(task.regions), *PATCH)
     assert batch["subregions"].shape == (4, len(task.subregions), *PATCH)
     for r, values in enumerate(task.regions.values()):
@@ -145,3 +147,30 @@ def test_device_loader_option_yields_the_same_batch_format(datamodule):
     assert batch["label_map"].shape[1:] == PATCH
     batch = dm.on_after_batch_transfer(batch, 0)
     assert batch["target"].shape[1] == len(dm.task.regions)
+
+
+def test_queue_with_workers_delivers_two_epochs_without_hanging(datamodule):
+    """Queues with workers have hung on some machines (torchio #1173, #725): run two short epochs
+    with two workers, and float16 volumes crossing the process boundary, in a child with a timeout."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        from sgnet_lightning.data.datamodule import SegmentationDataModule
+        dm = SegmentationDataModule({datamodule.hparams.manifest!r}, cache_root={datamodule.hparams.cache_root!r},
+                                    spacing_mm=5.0, patch_size={PATCH}, batch_size=4, samples_per_volume=4,
+                                    queue_length=8, num_workers=2, steps_per_epoch=6, check=False)
+        dm.prepare_data()
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        shapes = set()
+        for epoch in range(2):
+            dm.start_epoch(epoch)
+            shapes |= {{tuple(batch["image"].shape) for batch in loader}}
+        print(sorted(shapes))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    channels = len(datamodule.manifest.record(datamodule.splits["train"][0]).images)
+    assert done.stdout.strip() == str([(4, channels, *PATCH)])

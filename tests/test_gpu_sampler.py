@@ -1,18 +1,24 @@
-"""DevicePatchSampler against the TorchIO queue it replaces (CPU device, tiny volumes).
+"""DevicePatchSampler against the DataModule's TorchIO queue it replaces (CPU device, tiny volumes).
 
-Tolerances: each path draws N_PATCHES = 2000 patches. The binomial standard error of a centre
-fraction near 0.4 is about 0.011 per path (0.016 for a difference), so CENTRE_TOLERANCE = 0.05 is
-about 3 standard errors; the voxel fraction is averaged over the same patches and varies less.
-Both random streams are seeded, so the test is deterministic.
+Volumes, streams and tolerances: ``tests/_patch_volumes.py``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torchio as tio
 
+from _patch_volumes import (
+    AUGMENT,
+    CENTRE_TOLERANCE,
+    N_PATCHES,
+    PATCH,
+    POSITIVE_FRACTION,
+    VOXEL_TOLERANCE,
+    centre_label,
+    make_volumes,
+    suite_queue_patches,
+)
 from sgnet_lightning.data.datamodule import augment_on_device
 from sgnet_lightning.data.gpu_sampler import (
     DevicePatchSampler,
@@ -20,60 +26,6 @@ from sgnet_lightning.data.gpu_sampler import (
     device_patch_loader,
     load_cached_volumes,
 )
-
-PATCH = (16, 16, 8)
-POSITIVE_FRACTION = 0.5
-N_PATCHES = 2000
-CENTRE_TOLERANCE = 0.05
-VOXEL_TOLERANCE = 0.03
-AUGMENT = {"flip_axes": [0], "flip_p": 0.5, "rot90_p": 0.5}
-
-
-def make_volumes() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Four (2, X, Y, Z) volumes of different shapes; label values 1 and 2; one lesion in a corner
-    (only reachable as a centre with half-patch padding); one volume without tumour.
-    Channel 0 equals the label map, so alignment after augmentation can be checked voxel by voxel."""
-    rng = np.random.default_rng(0)
-    shapes = [(40, 40, 24), (36, 44, 20), (40, 32, 24), (32, 32, 16)]
-    volumes = []
-    for index, shape in enumerate(shapes):
-        label = np.zeros(shape, np.uint8)
-        if index == 0:
-            label[:4, :4, :3] = 2  # corner lesion
-            label[20:26, 18:24, 10:14] = 1
-        elif index in (1, 2):
-            c = rng.integers(6, np.array(shape) - 6)
-            label[c[0] - 3:c[0] + 3, c[1] - 4:c[1] + 4, c[2] - 2:c[2] + 2] = 1
-            label[c[0] - 1:c[0] + 1, c[1] - 1:c[1] + 1, c[2] - 1:c[2] + 1] = 2
-        image = rng.random((2, *shape), dtype=np.float32)
-        image[0] = label
-        volumes.append((torch.from_numpy(image).half(), torch.from_numpy(label)))
-    return volumes
-
-
-def queue_patches(volumes, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DataModule's path: half-patch Pad, LabelSampler on the tumour-anywhere map, a Queue."""
-    torch.manual_seed(0)
-    np.random.seed(0)
-    subjects = [
-        tio.Subject(
-            image=tio.ScalarImage(tensor=image.float()),
-            label=tio.LabelMap(tensor=label[None]),
-            foreground=tio.LabelMap(tensor=(label > 0)[None].to(torch.uint8)),
-        )
-        for image, label in volumes
-    ]
-    pad = tio.Pad(tuple(p // 2 for p in PATCH for _ in (0, 1)))
-    dataset = tio.SubjectsDataset(subjects * 50, transform=pad)
-    sampler = tio.LabelSampler(PATCH, label_name="foreground",
-                               label_probabilities={0: 1 - POSITIVE_FRACTION, 1: POSITIVE_FRACTION})
-    queue = tio.Queue(dataset, max_length=64, samples_per_volume=10, sampler=sampler, num_workers=0)
-    images, labels = [], []
-    for index in range(n):
-        patch = queue[index]
-        images.append(patch["image"][tio.DATA])
-        labels.append(patch["label"][tio.DATA][0])
-    return torch.stack(images), torch.stack(labels)
 
 
 def sampler_patches(volumes, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +42,9 @@ def volumes():
 
 @pytest.fixture(scope="module")
 def both(volumes):
-    return queue_patches(volumes, N_PATCHES), sampler_patches(volumes, N_PATCHES)
+    return suite_queue_patches(volumes, N_PATCHES), sampler_patches(volumes, N_PATCHES)
 
 
-def centre_label(labels: torch.Tensor) -> torch.Tensor:
-    cx, cy, cz = (p // 2 for p in PATCH)
-    return labels[:, cx, cy, cz]
 
 
 def test_shapes_and_dtypes(volumes):
@@ -111,7 +60,7 @@ def test_shapes_and_dtypes(volumes):
 @pytest.mark.parametrize("gather", [False, True], ids=["slicing", "gather"])
 @pytest.mark.parametrize("tiny", [False, True], ids=["volumes", "smaller-than-patch"])
 def test_patches_are_exact_crops_of_padded_volumes(volumes, gather, tiny):
-    """Every patch equals the window of the volume zero-padded by half a patch (the queue's tio.Pad)
+    """Every patch equals the window of the volume zero-padded by half a patch (as the queue's sampler cuts it)
     around its centre, for both ways of cutting, also for a volume smaller than the patch."""
     if tiny:
         volumes = [(image[:, 2:10, 3:9, :5], label[2:10, 3:9, :5]) for image, label in volumes[:1]]
