@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -335,6 +336,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         dataset = tio.SubjectsDataset(self._subjects(self.splits["train"]), transform=self._train_transform())
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        max_length = max(self.hparams.queue_length, self.hparams.samples_per_volume)
+        # subjects one epoch loads: its patches plus a last full queue
+        subjects_per_epoch = math.ceil(
+            (self.hparams.steps_per_epoch * self.hparams.batch_size + max_length) / self.hparams.samples_per_volume
+        )
 
         def make_queue(epoch: int, seed: int) -> tio.Queue:
             # the subject order is drawn from the epoch's seed alone
@@ -344,14 +350,19 @@ class SegmentationDataModule(pl.LightningDataModule):
                 )
                 subject_sampler.set_epoch(epoch)
             else:
-                subject_sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+                # As many shuffled passes over the subjects as the epoch needs: TorchIO starts a new
+                # subject loader, forking fresh workers that prefetch nothing yet, after each pass.
+                passes = math.ceil(subjects_per_epoch / len(dataset))
+                subject_sampler = torch.utils.data.RandomSampler(
+                    dataset, num_samples=passes * len(dataset), generator=torch.Generator().manual_seed(seed)
+                )
             # patch centres from their own generator: independent of what augmentation draws
             sampler = LabelBalancedSampler(self.patch_size, label_name="label",
                                            positive_fraction=self.hparams.positive_fraction,
                                            generator=torch.Generator().manual_seed(seed + rank))
             return tio.Queue(
                 dataset,
-                max_length=max(self.hparams.queue_length, self.hparams.samples_per_volume),
+                max_length=max_length,
                 samples_per_volume=self.hparams.samples_per_volume,
                 sampler=sampler,
                 subject_sampler=subject_sampler,
@@ -427,23 +438,24 @@ def masks_from_label_map(label_map: torch.Tensor, groups: dict[str, tuple[int, .
 def augment_on_device(image: torch.Tensor, label_map: torch.Tensor, augment: dict[str, Any]):
     """The seed's augmentation, per sample, on whatever device the batch is on.
 
+    The coin flips come from the (seeded) CPU generator, so deciding never waits for the device;
+    flips and turns run where the batch is. Returns new tensors and leaves the inputs as they are.
+
     Args:
         image: (B, C, X, Y, Z); label_map: (B, X, Y, Z).
         augment: ``flip_axes`` (spatial axes 0..2), ``flip_p``, ``rot90_p`` (rotation by k * 90
             degrees in the (x, y) plane, k uniform in 1..3; needs a square in-plane patch).
     """
-    image, label_map = image.clone(), label_map.clone()
     batch = image.shape[0]
+    images, labels = list(image.unbind(0)), list(label_map.unbind(0))
     for axis in augment.get("flip_axes", []):
-        flip = torch.rand(batch, device=image.device) < augment.get("flip_p", 0.0)
-        for b in torch.nonzero(flip).flatten().tolist():
-            image[b] = image[b].flip(axis + 1)
-            label_map[b] = label_map[b].flip(axis)
+        flip = (torch.rand(batch) < augment.get("flip_p", 0.0)).tolist()
+        for b in (b for b in range(batch) if flip[b]):
+            images[b], labels[b] = images[b].flip(axis + 1), labels[b].flip(axis)
     if augment.get("rot90_p", 0.0) > 0 and image.shape[2] == image.shape[3]:
-        rotate = torch.rand(batch, device=image.device) < augment["rot90_p"]
-        turns = torch.randint(1, 4, (batch,), device=image.device)
-        for b in torch.nonzero(rotate).flatten().tolist():
-            k = int(turns[b])
-            image[b] = torch.rot90(image[b], k, dims=(1, 2))
-            label_map[b] = torch.rot90(label_map[b], k, dims=(0, 1))
-    return image, label_map
+        rotate = (torch.rand(batch) < augment["rot90_p"]).tolist()
+        turns = torch.randint(1, 4, (batch,)).tolist()
+        for b in (b for b in range(batch) if rotate[b]):
+            images[b] = torch.rot90(images[b], turns[b], dims=(1, 2))
+            labels[b] = torch.rot90(labels[b], turns[b], dims=(0, 1))
+    return torch.stack(images), torch.stack(labels)
