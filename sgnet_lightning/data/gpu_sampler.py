@@ -1,22 +1,23 @@
 """A patch sampler that keeps a whole training set in device memory and cuts batches there.
 
-Why: a TorchIO ``Queue`` loads, pads and crops on the CPU; on a 2- to 16-core machine it delivers
-tens to a couple of hundred patches per second while a GPU trains on 300 to 4,000
+Why: a TorchIO ``Queue`` loads volumes and cuts patches on the CPU; on a 2-core machine it delivers
+a few hundred patches per second at best while a GPU trains on 300 to 4,000
 (``docs/performance.md``). When the preprocessed training volumes fit in device memory, cutting
 patches there removes the CPU from the training loop. Volumes are stored as cached (float16, no
 padding): about 25 MB per full-size BML phantom subject, so BML's 66 training subjects take under 2 GB.
 
-What it reproduces of the queue path (``SegmentationDataModule.train_dataloader``):
+What it reproduces of the queue path (``SegmentationDataModule.train_dataloader`` with
+:class:`~sgnet_lightning.data.patch_sampler.LabelBalancedSampler`):
 
 - every voxel of a volume, border included, can be a patch centre, and what a patch covers outside
-  the volume is zero, exactly as after the queue's half-patch ``tio.Pad`` (here the padding is
-  never stored: out-of-volume voxels are masked when cutting);
+  the volume is zero, exactly as after a half-patch ``tio.Pad`` (the padding is never stored:
+  out-of-volume voxels are masked when cutting);
 - label-balanced centres as ``tio.LabelSampler(label_probabilities={0: 1 - p, 1: p})`` on the
   tumour-anywhere map: with probability ``positive_fraction`` a voxel with label > 0, otherwise a
   background voxel (label 0), each uniform within its class; a volume without tumour gives only
   background centres; the centre voxel sits at index ``patch_size // 2`` of the patch;
-- batches ``{"image": (B, C, x, y, z) float32, "label_map": (B, x, y, z) uint8}`` as the queue's
-  collate makes them, so the DataModule's ``on_after_batch_transfer`` (``augment_on_device``,
+- batches ``{"image": (B, C, x, y, z), "label_map": (B, x, y, z) uint8}`` as the queue's collate
+  makes them (float32 here, float16 from the queue; the hook makes both float32), so the DataModule's ``on_after_batch_transfer`` (``augment_on_device``,
   ``masks_from_label_map``) runs unchanged.
 
 What differs: volumes are drawn uniformly and independently for every patch (the queue cuts
