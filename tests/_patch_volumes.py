@@ -87,3 +87,14 @@ def suite_queue_patches(volumes, n: int, seed: int = 0) -> tuple[torch.Tensor, t
 def centre_label(labels: torch.Tensor) -> torch.Tensor:
     cx, cy, cz = (p // 2 for p in PATCH)
     return labels[:, cx, cy, cz]
+
+
+def assert_same_balance(labels: torch.Tensor, reference: torch.Tensor) -> None:
+    """Patch label stacks (N, x, y, z) from two streams over :func:`make_volumes`: the share of
+    centres on tumour is the expected one and the reference's, and so is the share of tumour voxels."""
+    centre, reference_centre = ((centre_label(x) > 0).float().mean().item() for x in (labels, reference))
+    # three of four volumes have tumour: about 0.5 * 3 / 4 of centres lie on it
+    assert abs(centre - 0.375) < CENTRE_TOLERANCE
+    assert abs(centre - reference_centre) < CENTRE_TOLERANCE, (centre, reference_centre)
+    voxels, reference_voxels = ((x > 0).float().mean().item() for x in (labels, reference))
+    assert abs(voxels - reference_voxels) < VOXEL_TOLERANCE, (voxels, reference_voxels)
