@@ -167,7 +167,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         samples_per_volume: patches cut from a volume each time it is loaded; loading a volume costs
             far more than cutting a patch, so this sets how fast the queue is (docs/performance.md).
         queue_length: patches held in RAM by the Queue (``max_length``); RAM grows with this (256
-            patches of 2 x 96 x 96 x 32 float32: 0.6 GiB) and so does the number of subjects mixed.
+            patches of 2 x 96 x 96 x 32 float16: 0.3 GiB) and so does the number of subjects mixed.
         num_workers: Queue workers loading and cropping volumes.
         steps_per_epoch: training steps that make one epoch.
         augment: device-side augmentation: ``{"flip_axes": [0], "flip_p": 0.5, "rot90_p": 0.5}``

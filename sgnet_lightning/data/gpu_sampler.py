@@ -17,8 +17,9 @@ What it reproduces of the queue path (``SegmentationDataModule.train_dataloader`
   background voxel (label 0), each uniform within its class; a volume without tumour gives only
   background centres; the centre voxel sits at index ``patch_size // 2`` of the patch;
 - batches ``{"image": (B, C, x, y, z), "label_map": (B, x, y, z) uint8}`` as the queue's collate
-  makes them (float32 here, float16 from the queue; the hook makes both float32), so the DataModule's ``on_after_batch_transfer`` (``augment_on_device``,
-  ``masks_from_label_map``) runs unchanged.
+  makes them (float32 here, float16 from the queue; the hook makes both float32), so the
+  DataModule's ``on_after_batch_transfer`` (``augment_on_device``, ``masks_from_label_map``) runs
+  unchanged.
 
 What differs: volumes are drawn uniformly and independently for every patch (the queue cuts
 ``samples_per_volume`` patches from each loaded subject and shuffles them in a buffer; both give

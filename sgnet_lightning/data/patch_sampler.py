@@ -10,7 +10,7 @@ every loaded volume 1.8x larger.
 This sampler draws the same distribution directly:
 
 - with probability ``positive_fraction`` the centre is a voxel with label > 0, uniform among them
-  (their flat indices are found once per loaded subject, ~10 ms); otherwise a background voxel
+  (their flat indices are found once per loaded subject, ~3 ms); otherwise a background voxel
   (label 0), uniform, by rejection from uniform voxels (tumour is a few percent of a volume); a
   volume without tumour gives background centres only. This is ``tio.LabelSampler`` with
   ``label_probabilities={0: 1 - p, 1: p}`` on the tumour-anywhere map;
