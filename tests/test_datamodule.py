@@ -174,3 +174,22 @@ def test_queue_with_workers_delivers_two_epochs_without_hanging(datamodule):
     assert done.returncode == 0, done.stderr[-2000:]
     channels = len(datamodule.manifest.record(datamodule.splits["train"][0]).images)
     assert done.stdout.strip() == str([(4, channels, *PATCH)])
+
+
+def test_torchio_cpu_transforms_get_float32_volumes(datamodule):
+    """TorchIO's own transforms run in the queue workers on float32 volumes (the cache is float16)."""
+    kwargs = dict(cache_root=datamodule.hparams.cache_root, spacing_mm=5.0, patch_size=PATCH, batch_size=4,
+                  samples_per_volume=4, queue_length=8, num_workers=0, steps_per_epoch=2, check=False)
+    noisy = SegmentationDataModule(datamodule.hparams.manifest,
+                                   torchio_transforms=[{"name": "RandomNoise", "std": 0.01}], **kwargs)
+    noisy.prepare_data()
+    noisy.setup("fit")
+    batch = next(iter(noisy.train_dataloader()))
+    assert batch["image"].dtype == torch.float32
+    assert not torch.equal(batch["image"], batch["image"].half().float()), "no noise below float16 precision"
+    unknown = SegmentationDataModule(datamodule.hparams.manifest,
+                                     torchio_transforms=[{"name": "RandomMagic"}], **kwargs)
+    unknown.prepare_data()
+    unknown.setup("fit")
+    with pytest.raises(ValueError, match="RandomMagic"):
+        unknown.train_dataloader()

@@ -18,6 +18,7 @@ Requirements taken from TorchIO users' experience (``shared/pitfalls.md``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -45,21 +46,16 @@ def _affine_of(path: Path) -> np.ndarray:
     return np.array(cache.read_meta(path.parent)["affine"], dtype=np.float64)
 
 
-def read_cached_image(path) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader: cached ``image.npy`` -> ((C, X, Y, Z) float16 tensor as stored, affine).
+def read_cached_image(path, dtype=None) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: cached ``image.npy`` -> ((C, X, Y, Z) tensor, affine), as stored (float16) or
+    as ``dtype``.
 
     float16 halves what a Queue worker copies and hands to the main process (a volume read in 3 ms
     instead of 17 ms as float32) and what a batch moves to the GPU; batches become float32 on the
-    device (``on_after_batch_transfer``)."""
+    device (``on_after_batch_transfer``). TorchIO's CPU transforms expect float32: with them, the
+    DataModule reads with ``dtype=np.float32``."""
     path = Path(path)
-    return torch.from_numpy(np.array(np.load(path, mmap_mode="r"))), _affine_of(path)
-
-
-def read_cached_image_float32(path) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader: cached ``image.npy`` -> ((C, X, Y, Z) float32 tensor, affine), for TorchIO's
-    CPU transforms, which expect float32."""
-    path = Path(path)
-    return torch.from_numpy(np.asarray(np.load(path, mmap_mode="r"), dtype=np.float32)), _affine_of(path)
+    return torch.from_numpy(np.array(np.load(path, mmap_mode="r"), dtype=dtype)), _affine_of(path)
 
 
 def read_cached_label(path) -> tuple[torch.Tensor, np.ndarray]:
@@ -298,7 +294,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------------
     def _subjects(self, names: list[str]) -> list[tio.Subject]:
         subjects, small = [], []
-        image_reader = read_cached_image_float32 if self.hparams.torchio_transforms else read_cached_image
+        image_reader = (functools.partial(read_cached_image, dtype=np.float32) if self.hparams.torchio_transforms
+                        else read_cached_image)
         for name in names:
             subject_dir = self.cache_dir / name
             if any(n < p for n, p in zip(cache.read_meta(subject_dir)["shape"], self.patch_size)):

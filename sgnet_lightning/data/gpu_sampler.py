@@ -44,10 +44,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sgnet_lightning.data import cache
+from sgnet_lightning.data.patch_sampler import NEGATIVE_ROUNDS  # the queue's sampler's, so both draw alike
 from sgnet_lightning.errors import DataError
 
 Volume = tuple[torch.Tensor, torch.Tensor]  # (C, X, Y, Z) image, (X, Y, Z) uint8 label map
-NEGATIVE_ROUNDS = 16  # redraws of background centres that fell on tumour
 
 
 def load_cached_volumes(cache_dir: str | Path, subjects: Sequence[str]) -> list[Volume]:
