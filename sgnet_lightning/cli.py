@@ -46,18 +46,24 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_manifest(args) -> int:
-    import yaml
-
-    from sgnet_lightning.data.manifest import make_manifest
+    from sgnet_lightning.data.manifest import load_split_rule, make_manifest
+    from sgnet_lightning.data.validate import manifest_problems
 
     if args.split and not Path(args.split).is_file():
         raise SgnetError(f"split-rule file not found: {args.split} (see data_manifests/splits/)")
-    split_rule = yaml.safe_load(Path(args.split).read_text()) if args.split else {"name": "seed_way"}
-    split_rule = split_rule.get("split_rule", split_rule)
+    if args.groups and not Path(args.groups).is_file():
+        raise SgnetError(f"groups file not found: {args.groups} (a CSV with columns subject,patient)")
+    split_rule = load_split_rule(args.split) if args.split else {"name": "seed_way"}
     out = args.out or f"data_manifests/{args.dataset}.csv"
-    manifest = make_manifest(args.dataset, args.root, out, split_rule=split_rule, seed=args.seed, task=args.task)
+    manifest = make_manifest(args.dataset, args.root, out, split_rule=split_rule, seed=args.seed, task=args.task,
+                             exclude=args.exclude or [], groups=args.groups)
+    for problem in manifest_problems(manifest):  # incomplete and unlabelled subjects, split patients
+        print(problem.format())
     counts = manifest.rows["split"].value_counts().to_dict()
-    print(f"wrote {out}: {len(manifest.rows)} subjects ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    n_incomplete = len(manifest.incomplete_subjects)
+    print(f"wrote {out}: {len(manifest.rows)} subjects of {manifest.rows['patient'].nunique()} patients "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+          + (f"; {n_incomplete} incomplete: run `sgnet data check {out}` for every problem" if n_incomplete else ""))
     return 0
 
 
@@ -162,6 +168,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     p.add_argument("--split", help="split-rule YAML (data_manifests/splits/...); default: the seed way")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--task", help="task whose labels a subject needs to be trained on")
+    p.add_argument("--groups", help="CSV with columns subject,patient (default: the data set's naming rule)")
+    p.add_argument("--exclude", nargs="*", help="subject IDs to leave out of the manifest")
     p.set_defaults(func=cmd_data_manifest)
     p = data_sub.add_parser("check", help="read every file of a manifest and report every problem")
     p.add_argument("manifest")

@@ -364,7 +364,7 @@ def test_make_manifest_rows_sidecar_and_root_override(tmp_path):
 
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["dataset"] == "bml" and sidecar["split_rule"] == {"name": "seed_way"}
-    assert sidecar["seed"] == 42 and sidecar["n_subjects"] == 12 and sidecar["version"] == 1
+    assert sidecar["seed"] == 42 and sidecar["n_subjects"] == 12 and sidecar["version"] == 2
     # a data folder beside the manifest's folder is recorded relative to it (portable clones)
     assert sidecar["root"] == "../data ä" and Manifest.load(out).root.resolve() == root.resolve()
     assert "created" in sidecar
@@ -437,7 +437,9 @@ def test_check_manifest_reports_every_problem(tmp_path):
     root = _bml_set(tmp_path / "data", n=11)  # Case010 stays intact
     manifest = make_manifest("bml", root, tmp_path / "m.csv", KFOLD_SMALL, seed=0, progress=False)
     clean = check_manifest(manifest, progress=False)
-    assert clean.ok and clean.problems == [] and clean.n_subjects == 11
+    (unlabelled,) = clean.problems  # Case005 has no whole_seg: named as a warning, nothing else
+    assert clean.ok and clean.n_subjects == 11 and unlabelled.subject == "Case005" and not unlabelled.fatal
+    assert "unlabelled for task 'whole': no whole_seg file (label files found: core_seg)" in unlabelled.problem
 
     def case(i, part):
         return root / f"Case{i:03d}" / f"Case{i:03d}_{part}.nii.gz"
@@ -506,3 +508,103 @@ def test_check_manifest_with_workers(tmp_path):
     serial = check_manifest(manifest, progress=False)
     parallel = check_manifest(manifest, progress=False, workers=2)
     assert parallel.problems == serial.problems and parallel.fatal_subjects == ["Case002"]
+
+
+# -- one pass over a folder of faults ---------------------------------------------------------------
+
+
+def _brats_fault_folder(root: Path) -> dict[str, str]:
+    """Thirteen BraTS 2023 subjects: ten with one fault each, three good. Returns subject -> what
+    `sgnet data manifest` + `sgnet data check` must say about it."""
+
+    def sid(i):
+        return f"BraTS-GLI-{i:05d}-000"
+
+    def path(i, part):
+        return root / sid(i) / f"{sid(i)}-{part}.nii.gz"
+
+    for i in range(13):
+        make_brats_case(root, "brats2023", i)
+    path(0, "t2f").unlink()  # missing modality
+    path(1, "seg").unlink()  # missing label
+    raw = bytearray(path(2, "t1n").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path(2, "t1n").write_bytes(bytes(raw))  # corrupt gzip stream
+    write_nifti(path(3, "t2w"), brain(shape=(24, 24, 20)))  # another shape than the t1c
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:2, 3] = 23.0  # the same box in space, axes flipped: only the orientation is wrong
+    write_nifti(path(4, "t2f"), brain(seed=4), lps)
+    nan = brain(seed=5)
+    nan[10, 10, 10] = np.nan
+    write_nifti(path(5, "t1c"), nan)  # NaN voxel
+    write_nifti(path(6, "t1n"), np.zeros(SHAPE, np.float32))  # empty image
+    (root / "backup").mkdir()
+    shutil.copy(path(7, "t1c"), root / "backup" / f"{sid(7)}-t1c.nii.gz")  # two files for one modality
+    fractional = tumour(radius=4).astype(np.float32) * 0.5
+    write_nifti(path(8, "seg"), fractional)  # non-integer label values
+    seg = tumour(radius=4)
+    seg[tumour(radius=1).astype(bool)] = 4
+    write_nifti(path(9, "seg"), seg)  # BraTS 2021's ET value in a 2023 set
+    return {
+        sid(0): "missing modality t2f",
+        sid(1): "unlabelled for task 'regions': no seg file",
+        sid(2): "t1n is corrupt",
+        sid(3): "t2w is not on the t1c grid: shape 24x24x20 (t1c 24x24x24)",
+        sid(4): "t2f is not on the t1c grid: orientation LPS (t1c RAS)",
+        sid(5): "t1c contains 1 non-finite voxels (1 NaN, 0 Inf)",
+        sid(6): "t1n is all zero",
+        sid(7): f"2 t1c files, expected one: {sid(7)}/{sid(7)}-t1c.nii.gz, backup/{sid(7)}-t1c.nii.gz",
+        sid(8): "seg holds non-integer values (e.g. 0.5)",
+        sid(9): "seg holds values 4 outside brats2023's labels",
+    }
+
+
+def test_one_manifest_and_one_check_name_every_fault(tmp_path, capsys):
+    from sgnet_lightning.cli import main
+
+    expected = _brats_fault_folder(tmp_path / "data")
+    out = tmp_path / "faults.csv"
+    split = REPO / "data_manifests" / "splits" / "phantom_kfold.yaml"
+    code = main(["data", "manifest", "--dataset", "brats2023", "--root", str(tmp_path / "data"),
+                 "--split", str(split), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "13 subjects" in printed and "2 incomplete" in printed
+    manifest = Manifest.load(out)
+    status = manifest.rows.set_index("subject")["status"]
+    assert status[status != "ok"].to_dict() == {
+        "BraTS-GLI-00000-000": "incomplete", "BraTS-GLI-00001-000": "unlabelled", "BraTS-GLI-00007-000": "incomplete",
+    }  # fmt: skip
+
+    code = main(["data", "check", str(out), "--json", str(tmp_path / "check.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 2
+    for subject, text in expected.items():
+        assert any(f"subject {subject}" in line and text in line for line in lines), (subject, text, lines)
+    named = {p["subject"] for p in json.loads((tmp_path / "check.json").read_text())["problems"]}
+    assert named == set(expected)  # the three good subjects pass
+    fatal = set(json.loads((tmp_path / "check.json").read_text())["fatal_subjects"])
+    assert fatal == set(expected) - {"BraTS-GLI-00001-000"}  # an unlabelled subject is a warning
+
+
+def test_incomplete_subjects_are_refused_until_excluded(tmp_path):
+    from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_manifest
+
+    root = tmp_path / "data"
+    for i in range(5):
+        make_bml_case(root, f"C{i}", seed=i)
+    (root / "C1" / "C1_flair_img.nii.gz").unlink()
+    write_nifti(root / "copy" / "C3_t1ce_img.nii.gz", brain(seed=3))
+    manifest = make_manifest("bml", root, tmp_path / "m.csv", {"name": "kfold", "n_folds": 2, "test_size": 1},
+                             seed=0, progress=False)
+    assert manifest.incomplete_subjects == ["C1", "C3"]
+    assert manifest.issues("C1") == ["missing modality flair (found core_seg, t1ce, whole_seg)"]
+    # they keep the split their labels give them, so fixing them later moves no one
+    assert set(manifest.rows.loc[manifest.rows["subject"].isin(["C1", "C3"]), "split"]) <= {"train", "test"}
+    with pytest.raises(DataError) as info:
+        preprocess_manifest(manifest, tmp_path / "cache", PreprocessSettings(), progress=False)
+    message = str(info.value)
+    assert info.value.subject == "C1" and "incomplete subject (missing modality flair" in message
+    assert "1 more incomplete subject(s): C3" in message and "exclude them" in message and "\n" not in message
+    folder = preprocess_manifest(manifest, tmp_path / "cache", PreprocessSettings(), exclude=["C1", "C3"],
+                                 progress=False)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["C0", "C2", "C4"]

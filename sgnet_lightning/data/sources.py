@@ -12,6 +12,17 @@ A :class:`DatasetSource` knows one data set's file naming and label convention (
 - ``brats2023``: ``BraTS-GLI-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz`` and the same scheme with
   ``MET`` (and the other 2023 cohorts' codes) in place of ``GLI``.
 
+Patients (what splits are made of, so that no patient sits in two splits):
+
+- ``brats2021``: one subject is one patient.
+- ``brats2023``: the ID without its timepoint suffix (``BraTS-GLI-00000-001`` -> ``BraTS-GLI-00000``).
+- ``bml``: the case ID without a repeat-scan suffix: a separator (``_ - .`` or space) followed by
+  ``tp``, ``timepoint``, ``scan``, ``visit``, ``fu``, ``followup``, ``rec``, ``recurrence`` or
+  ``repeat`` and optional digits ends the ID (``BML-0012_tp2``, ``BML-0012-scan2``,
+  ``BML-0012_recurrence`` -> ``BML-0012``); any other case is its own patient. Copies that name
+  repeat scans otherwise, or not at all, need the patient of each case from the collection's
+  clinical table: ``sgnet data manifest --groups FILE.csv`` (columns ``subject,patient``).
+
 Discovery never reads voxel data; :mod:`sgnet_lightning.data.validate` does.
 """
 
@@ -41,11 +52,16 @@ class SubjectRecord:
         images: modality -> file, in the data set's channel order.
         labels: label name -> file (``bml``: ``"whole"``, ``"core"``; BraTS: ``"seg"``), only those
             present.
+        issues: why the subject cannot be used as found (a modality missing, two files for one
+            part), one sentence each; empty for a complete subject. Only
+            ``discover(..., keep_incomplete=True)`` returns subjects with issues; their ``images``
+            then hold the modalities that were found (the first file of a duplicated part).
     """
 
     subject: str
     images: dict[str, Path]
     labels: dict[str, Path] = field(default_factory=dict)
+    issues: tuple[str, ...] = ()
 
     def files(self) -> dict[str, Path]:
         """Every file of the subject by role (modality, or ``label_<name>``)."""
@@ -60,6 +76,9 @@ class DatasetSource(ABC):
         modalities: channel order of the network input.
         reference_modality: the modality whose grid every other file is resampled onto.
         label_parts: label name -> the file-name part that marks that label file.
+        shared_grid: the release puts every file of a subject on one voxel grid (BraTS), so a file
+            whose shape or affine differs from the reference modality's is a fault (a wrong or
+            damaged file), not a grid to resample from.
     """
 
     name: str
@@ -67,6 +86,7 @@ class DatasetSource(ABC):
     reference_modality: str
     label_parts: dict[str, str]
     naming_hint: str  # for "nothing found" messages
+    shared_grid: bool = False
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -83,16 +103,25 @@ class DatasetSource(ABC):
         """``(subject, part)`` for a file of this data set (part: a modality or a label part), or
         None for any other file."""
 
-    def discover(self, root: str | os.PathLike, exclude=()) -> list[SubjectRecord]:
+    def patient_of(self, subject: str) -> str:
+        """The patient a subject (one scan session) belongs to, by the data set's naming (see the
+        module docstring); splits never separate the subjects of one patient."""
+        return subject
+
+    def discover(self, root: str | os.PathLike, exclude=(), *, keep_incomplete: bool = False) -> list[SubjectRecord]:
         """Find every subject under ``root`` (any folder depth), sorted by subject ID.
 
         Args:
             root: data folder.
             exclude: subject IDs to leave out (e.g. known-incomplete cases).
+            keep_incomplete: return subjects that lack a modality or have two files for one part
+                too, each with its :attr:`SubjectRecord.issues` (``sgnet data manifest`` does, so
+                that one ``sgnet data check`` names every problem); False raises instead.
 
         Raises:
-            DataError: the folder is missing or holds no subject of this data set; two files claim
-                the same subject and part; subjects lack a modality (all of them are named).
+            DataError: the folder is missing or holds no subject of this data set; without
+                ``keep_incomplete`` also: two files claim the same subject and part; subjects lack
+                a modality (all of them are named).
         """
         root = Path(root)
         if not root.is_dir():
@@ -100,6 +129,7 @@ class DatasetSource(ABC):
             raise DataError("?", root, problem)
         excluded = set(exclude)
         found: dict[str, dict[str, Path]] = {}
+        duplicates: dict[str, dict[str, list[Path]]] = {}
         n_other_nifti = 0
         for path in _walk_nifti_files(root):
             matched = self.match(path.name, path.parent)
@@ -111,9 +141,12 @@ class DatasetSource(ABC):
                 continue
             parts = found.setdefault(subject, {})
             if part in parts:
-                raise DataError(
-                    subject, path, f"duplicate {part} file for one subject: {parts[part]} and {path}"
-                )
+                if not keep_incomplete:
+                    raise DataError(
+                        subject, path, f"duplicate {part} file for one subject: {parts[part]} and {path}"
+                    )
+                duplicates.setdefault(subject, {}).setdefault(part, [parts[part]]).append(path)
+                continue
             parts[part] = path
         if not found:
             raise DataError(
@@ -127,11 +160,18 @@ class DatasetSource(ABC):
         for subject in sorted(found):
             parts = found[subject]
             missing = [m for m in self.modalities if m not in parts]
-            if missing:
+            labels = {n: parts[p] for n, p in self.label_parts.items() if p in parts}
+            if missing and not keep_incomplete:
                 incomplete.append((subject, missing, parts))
                 continue
-            labels = {n: parts[p] for n, p in self.label_parts.items() if p in parts}
-            records.append(SubjectRecord(subject, {m: parts[m] for m in self.modalities}, labels))
+            issues = [f"missing modality {m} (found {', '.join(sorted(parts))})" for m in missing]
+            issues += [
+                f"{len(paths)} {part} files, expected one: "
+                + ", ".join(Path(os.path.relpath(p, root)).as_posix() for p in paths)
+                for part, paths in sorted(duplicates.get(subject, {}).items())
+            ]
+            images = {m: parts[m] for m in self.modalities if m in parts}
+            records.append(SubjectRecord(subject, images, labels, tuple(issues)))
         if incomplete:
             subject, missing, parts = incomplete[0]
             others = [s for s, _, _ in incomplete[1:]]
@@ -229,6 +269,14 @@ class BmlSource(DatasetSource):
     naming_hint = "<case>_t1ce_img.nii.gz, <case>_flair_img.nii.gz, <case>_whole_seg.nii.gz"
     # a name part is delimited by _ - . or space (or the ends of the name)
     _PART = re.compile(r"(?:^|(?<=[_\-. ]))(t1ce|flair|core_seg|whole_seg)(?=[_\-. ]|$)", re.I)
+    # a repeat-scan suffix ends a case ID (module docstring): "BML-0012_tp2" -> "BML-0012"
+    _REPEAT_SCAN = re.compile(
+        r"^(?P<patient>.+?)[_\-. ](?:tp|timepoint|scan|visit|fu|followup|rec|recurrence|repeat)[_\-]?\d*$", re.I
+    )
+
+    def patient_of(self, subject: str) -> str:
+        found = self._REPEAT_SCAN.match(subject)
+        return found.group("patient") if found else subject
 
     def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
         stem = _stem(file_name)
@@ -274,15 +322,31 @@ class BratsSource(DatasetSource):
     """BraTS 2021 or 2023: four co-registered modalities and one multi-class ``seg`` file."""
 
     label_parts = {"seg": "seg"}
+    shared_grid = True
 
-    def __init__(self, name: str, modalities: tuple[str, ...], reference: str, pattern: str, hint: str):
+    def __init__(
+        self,
+        name: str,
+        modalities: tuple[str, ...],
+        reference: str,
+        pattern: str,
+        hint: str,
+        patient_pattern: str | None = None,
+    ):
+        """``pattern`` matches a file name with groups ``subject`` and ``part``; ``patient_pattern``
+        (optional) matches a subject ID with group ``patient`` (without it a subject is a patient)."""
         self.name, self.modalities, self.reference_modality = name, modalities, reference
         self._pattern = re.compile(pattern, re.IGNORECASE)
+        self._patient_pattern = re.compile(patient_pattern) if patient_pattern else None
         self.naming_hint = hint
 
     def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
         found = self._pattern.match(file_name)
         return (found.group("subject"), found.group("part").lower()) if found else None
+
+    def patient_of(self, subject: str) -> str:
+        found = self._patient_pattern.match(subject) if self._patient_pattern else None
+        return found.group("patient") if found else subject
 
     def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
         if (non_integer := _non_integer_problem(values)) is not None:
@@ -330,6 +394,7 @@ SOURCES: dict[str, DatasetSource] = {
         "t1c",
         r"^(?P<subject>BraTS-[A-Za-z]+-\d+-\d+)-(?P<part>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$",
         "BraTS-GLI-00000-000-t1c.nii.gz or BraTS-MET-00000-000-t1c.nii.gz",
+        patient_pattern=r"^(?P<patient>BraTS-[A-Za-z]+-\d+)-\d+$",  # the last number is the timepoint
     ),
 }
 

@@ -1,13 +1,17 @@
 """``sgnet data check``: read every file of a manifest and report every problem, not just the first.
 
-Checked per subject: each file exists and reads as one 3D NIfTI volume (not truncated, corrupt,
-4D or 2D), has a usable (non-singular, finite) affine, holds no NaN/Inf voxels; images are not all
-zero; label files hold only the data set's label values (integers); every file overlaps the
-reference modality in world space (bounding boxes of the voxel grids, mm); and, with
-``verify_hashes``, every file still has the SHA-256 the manifest recorded.
+Checked per subject: the manifest found every modality, and one file for each part (else the
+subject is ``incomplete``); each file exists and reads as one 3D NIfTI volume (not truncated,
+corrupt, 4D or 2D), has a usable (non-singular, finite) affine, holds no NaN/Inf voxels; images are
+not all zero; label files hold only the data set's label values (integers); every file overlaps the
+reference modality in world space (bounding boxes of the voxel grids, mm), and for data sets whose
+release puts all files of a subject on one grid (BraTS) lies on exactly that grid (shape and
+affine); and, with ``verify_hashes``, every file still has the SHA-256 the manifest recorded.
+Checked per manifest: subjects unlabelled for the manifest's task (named, with the label file they
+lack) and patients whose subjects sit in different splits (the seed way's cut of case IDs).
 
 Fatal problems make a subject unusable (train on it and the run fails or learns garbage); the
-others are warnings (e.g. a 0/255 mask, an empty label).
+others are warnings (e.g. a 0/255 mask, an empty label, an unlabelled subject).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -129,6 +134,19 @@ def check_subject(
 
     if reference in grids:
         ref_shape, ref_affine, _ = grids[reference]
+        if source.shared_grid:
+            for role, (shape, affine, path) in grids.items():
+                mismatch = _grid_mismatch((shape, affine), (ref_shape, ref_affine), reference)
+                if role != reference and mismatch:
+                    problems.append(
+                        Problem(
+                            subject,
+                            str(path),
+                            f"{role} is not on the {reference} grid: {mismatch}; {dataset} puts every file of a "
+                            "subject on one grid (wrong file or header?)",
+                            True,
+                        )
+                    )
         for role, (shape, affine, path) in grids.items():
             if role != reference and world_overlap_fraction((shape, affine), (ref_shape, ref_affine)) == 0:
                 problems.append(
@@ -149,6 +167,76 @@ def check_subject(
     return problems
 
 
+# Affines of one grid written by different tools differ by float32 rounding, far below this (mm).
+_SAME_GRID_TOLERANCE_MM = 1e-3
+
+
+def _grid_mismatch(grid, reference_grid, reference: str) -> str:
+    """How ``grid`` = (shape, affine) differs from the ``reference`` modality's grid, e.g.
+    "shape 24x24x20 (t1c 24x24x24), orientation LPS (t1c RAS)"; empty when it is the same grid."""
+    (shape, affine), (ref_shape, ref_affine) = grid, reference_grid
+    differences = []
+    if tuple(shape[:3]) != tuple(ref_shape[:3]):
+        differences.append(f"shape {'x'.join(map(str, shape[:3]))} ({reference} {'x'.join(map(str, ref_shape[:3]))})")
+    if not np.allclose(affine, ref_affine, atol=_SAME_GRID_TOLERANCE_MM):
+        codes, ref_codes = "".join(nib.aff2axcodes(affine)), "".join(nib.aff2axcodes(ref_affine))
+        zooms, ref_zooms = np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(ref_affine[:3, :3], axis=0)
+        if codes != ref_codes:
+            differences.append(f"orientation {codes} ({reference} {ref_codes})")
+        elif not np.allclose(zooms, ref_zooms, atol=_SAME_GRID_TOLERANCE_MM):
+            differences.append(
+                f"voxel size {'x'.join(f'{z:g}' for z in zooms)} mm ({reference} {'x'.join(f'{z:g}' for z in ref_zooms)})"
+            )
+        else:
+            shift = float(np.linalg.norm(affine[:3, 3] - ref_affine[:3, 3]))
+            differences.append(f"origin {shift:.3g} mm away" if shift else "rotated axes")
+    return ", ".join(differences)
+
+
+def recorded_problems(manifest: Manifest, subject: str) -> list[Problem]:
+    """What the manifest records about ``subject``, without reading a file: one fatal problem per
+    issue of an incomplete subject (missing modality, two files for one part), and a warning when
+    the subject is unlabelled for the manifest's task, naming the label file it lacks."""
+    record = manifest.record(subject, partial=True)
+    problems = []
+    if record.issues:
+        files = list(record.files().values())
+        folder = os.path.commonpath([str(p.parent) for p in files]) if files else str(manifest.root)
+        problems += [Problem(subject, folder, issue, True) for issue in record.issues]
+    missing = manifest.missing_labels(subject)
+    if missing:
+        found = [manifest.source.label_parts[n] for n in manifest.labels_present(subject)]
+        problems.append(Problem(
+            subject, "", f"unlabelled for task {manifest.sidecar.get('task')!r}: no {' or '.join(missing)} "
+            f"file (label files found: {', '.join(found) or 'none'}); kept for prediction only, never "
+            "trained or scored", False,
+        ))  # fmt: skip
+    return problems
+
+
+def patient_problems(manifest: Manifest, exclude=()) -> list[Problem]:
+    """One warning per patient whose (non-excluded) subjects sit in different splits, filed under
+    the patient's first subject."""
+    why = ("the seed way cuts sorted case IDs, not patients" if manifest.split_rule["name"] == "seed_way"
+           else "the manifest was not split by patient: remake it")  # fmt: skip
+    problems = []
+    for patient, members in manifest.straddling_patients(exclude=exclude).items():
+        where = ", ".join(f"{subject} {part}" for subject, part in members)
+        problems.append(Problem(
+            members[0][0], "", f"patient {patient} has subjects in different splits ({where}): {why}, so "
+            "scores on this patient's held-out scans are not independent of training", False,
+        ))  # fmt: skip
+    return problems
+
+
+def manifest_problems(manifest: Manifest, exclude=()) -> list[Problem]:
+    """:func:`recorded_problems` of every (non-excluded) subject, then :func:`patient_problems`:
+    everything ``sgnet data manifest`` can say without reading voxel data."""
+    excluded = set(exclude)
+    subjects = [s for s in manifest.subjects if s not in excluded]
+    return [p for s in subjects for p in recorded_problems(manifest, s)] + patient_problems(manifest, excluded)
+
+
 def check_manifest(
     manifest: Manifest, exclude=(), verify_hashes: bool = True, progress: bool = True, *, workers: int = 1
 ) -> CheckReport:
@@ -165,22 +253,26 @@ def check_manifest(
     excluded = sorted(set(exclude))
     subjects = [s for s in manifest.subjects if s not in set(excluded)]
     jobs = [
-        (manifest.record(s), manifest.dataset, manifest.hashes(s) if verify_hashes else None)
+        (manifest.record(s, partial=True), manifest.dataset,
+         manifest.hashes(s, partial=True) if verify_hashes else None)
         for s in subjects
-    ]
+    ]  # fmt: skip
     bar = tqdm(total=len(jobs), desc="check", unit="subject", disable=not progress)
-    problems: list[Problem] = []
+    per_subject: list[list[Problem]] = []
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            problems += check_subject(*job)
+            per_subject.append(check_subject(*job))
             bar.update(1)
     else:
         # spawn, not fork: a forked child of a process that has run torch/OpenMP threads can hang
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
             for found in pool.map(check_subject, *zip(*jobs)):
-                problems += found
+                per_subject.append(found)
                 bar.update(1)
     bar.close()
+    # each subject's recorded problems, then its files' problems; patient warnings come last
+    problems = [p for subject, found in zip(subjects, per_subject) for p in recorded_problems(manifest, subject) + found]
+    problems += patient_problems(manifest, exclude=excluded)
     n_files = sum(len(record.files()) for record, _, _ in jobs)
     return CheckReport(str(manifest.path), len(jobs), n_files, excluded, problems)
