@@ -20,12 +20,15 @@ def cmd_benchmark(args) -> int:
 
 def cmd_stats(args) -> int:
     from sgnet_lightning.analysis.results import load_results
-    from sgnet_lightning.analysis.stats import compute_stats, write_stats
+    from sgnet_lightning.analysis.stats import compute_stats, primary_endpoint, write_stats
 
     results = load_results(args.results)
-    stats = compute_stats(results, reference=args.reference, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    stats = compute_stats(results, reference=args.reference, n_bootstrap=args.n_bootstrap, seed=args.seed,
+                          primary=primary_endpoint(args.results, args.primary))
     write_stats(stats, args.out)
-    print(f"statistics for {stats['model'].nunique()} models written to {args.out}")
+    endpoint = stats.attrs["settings"]["primary_endpoint"]
+    print(f"statistics for {stats['model'].nunique()} models written to {args.out} (primary endpoint: "
+          + (f"{endpoint['metric']} {endpoint['region']})" if endpoint else "none)"))
     return 0
 
 
@@ -63,6 +66,9 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--n-bootstrap", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--primary", metavar="METRIC:REGION",
+                   help="primary endpoint, its own Holm family (default: benchmark.json's primary_endpoint, "
+                        "else Dice of the task's main region)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("report", help="HTML + Markdown report built only from a benchmark folder")

@@ -59,6 +59,7 @@ from sgnet_lightning.analysis.stats import (
     METHODS,
     compute_stats,
     pairwise_wilcoxon,
+    primary_endpoint,
     seed_means,
     subject_values,
     write_stats,
@@ -298,10 +299,16 @@ def _results_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> S
     return Section("Results", blocks)
 
 
+def _endpoint_label(stats: pd.DataFrame) -> str:
+    endpoint = stats.attrs.get("settings", {}).get("primary_endpoint")
+    return f"{_metric_label(endpoint['metric'])} {endpoint['region']}" if endpoint else "none declared"
+
+
 def _comparison_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> Section:
     blocks: list = [
         f"Each model against {reference}, paired by subject on seed-averaged values. "
-        f"Wilcoxon: {METHODS['wilcoxon']}; Holm over the models per metric and region. "
+        f"Wilcoxon: {METHODS['wilcoxon']}. Holm: {METHODS['wilcoxon_p_holm']} (primary endpoint: "
+        f"{_endpoint_label(stats)}). "
         "Effect: matched-pairs rank-biserial correlation, positive = the model is better "
         "(lower-is-better metrics flipped). Seed spread: "
         f"{METHODS['exceeds_seed_spread']}."
@@ -774,7 +781,8 @@ def build_report(
     reference = reference or ("unet" if "unet" in bench.models else bench.models[0])
     if reference in bench.models:  # the reference leads every table and figure
         bench.models = [reference] + [m for m in bench.models if m != reference]
-    stats = compute_stats(bench.results, reference, n_bootstrap=n_bootstrap, seed=0)
+    stats = compute_stats(bench.results, reference, n_bootstrap=n_bootstrap, seed=0,
+                          primary=primary_endpoint(bench.path))
     values = subject_values(bench.results)
     pairwise = {("dice", region): pairwise_wilcoxon(bench.results, "dice", region, bench.models)
                 for region in bench.regions

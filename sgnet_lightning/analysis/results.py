@@ -19,6 +19,7 @@ The gathered table has one row per model x seed x fold x subject x region x metr
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import logging
@@ -30,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from sgnet_lightning.data.cache import atomic_write_text
-from sgnet_lightning.errors import DataError
+from sgnet_lightning.errors import DataError, SgnetError
 
 logger = logging.getLogger(__name__)
 
@@ -204,20 +205,82 @@ def gather_results(bench_dir: str | os.PathLike) -> pd.DataFrame:
     return _normalise(pd.concat(tables, ignore_index=True))
 
 
+# The columns a results table from any tool must have; fold and convention are optional.
+REQUIRED_COLUMNS = ["model", "seed", "subject", "region", "metric", "value"]
+
+
+def check_metric_names(metrics, where: str) -> None:
+    """Raise one :class:`SgnetError` line naming every metric of ``metrics`` that the suite does not
+    know (``sgnet_lightning.evaluation.METRICS``), the known ones, and the closest known name."""
+    from sgnet_lightning.evaluation import METRICS
+
+    unknown = sorted({str(m) for m in metrics} - set(METRICS))
+    if not unknown:
+        return
+    hints = [f"did you mean {close[0]}?" for m in unknown if (close := difflib.get_close_matches(m, METRICS, n=1))]
+    names = ", ".join(repr(m) for m in unknown)
+    raise SgnetError(
+        f"unknown metric{'s' if len(unknown) > 1 else ''} {names} in {where}; known: {', '.join(METRICS)}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+    )
+
+
 def load_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
-    """Results from a gathered CSV (as written by :func:`write_results`) or a benchmark folder."""
+    """Results from a benchmark folder, or from a CSV: as :func:`write_results` writes it, or any
+    tidy table with columns model, seed, subject, region, metric, value (fold and convention
+    optional; other columns are ignored).
+
+    Raises:
+        DataError: no such file, an unreadable table, a missing column, a seed that is not an
+            integer, a value that is not a number, or two rows for one model/seed/fold/subject/
+            region/metric; each names the first offending row.
+        SgnetError: metric names the suite does not know (all named, with the closest known one).
+    """
     path = Path(path_or_dir)
     if path.is_dir():
         return gather_results(path)
     if not path.is_file():
         raise DataError("?", path, "no such results file or benchmark folder")
-    table = pd.read_csv(
-        path, dtype={"model": str, "subject": str, "region": str, "metric": str, "convention": str}
-    )
-    missing = [c for c in COLUMNS if c not in table.columns]
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError("?", path, f"cannot be read as a CSV table ({err})".replace("\n", " ")) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise DataError("?", path, f"missing column(s) {', '.join(missing)}")
+        raise DataError("?", path, f"missing column(s) {', '.join(missing)} (a results table needs "
+                        f"{', '.join(REQUIRED_COLUMNS)}; fold and convention are optional)")
+    check_metric_names(table["metric"].unique(), path.name)
+    table["value"] = _numbers(table, "value", path, "a number (or empty / nan for a missing value)", blank_ok=True)
+    table["seed"] = _numbers(table, "seed", path, "an integer", integer=True)
+    if "fold" in table.columns:
+        table["fold"] = _numbers(table, "fold", path, "an integer or empty", integer=True, blank_ok=True)
+    else:
+        table["fold"] = pd.NA
+    if "convention" not in table.columns:
+        table["convention"] = ""
+    repeated = table.duplicated(["model", "seed", "fold", "subject", "region", "metric"], keep=False)
+    if repeated.any():
+        row = table[repeated].iloc[0]
+        raise DataError(row["subject"], path, f"{int(repeated.sum())} rows repeat a model/seed/fold/subject/region/"
+                        f"metric (e.g. {row['model']} seed {row['seed']} {row['region']} {row['metric']})")
     return _normalise(table)
+
+
+def _numbers(table: pd.DataFrame, column: str, path: Path, what: str, *, integer: bool = False,
+             blank_ok: bool = False) -> pd.Series:
+    """``table[column]`` (strings) as floats; a :class:`DataError` naming the first entry that is
+    not ``what`` (its line in the file counts the header as line 1)."""
+    text = table[column].str.strip()
+    blank = text.str.lower().isin(["", "nan"])
+    numbers = pd.to_numeric(text.where(~blank, "nan"), errors="coerce")
+    bad = (numbers.isna() & ~blank) | (blank & (not blank_ok))
+    if integer:
+        bad |= numbers.notna() & (numbers % 1 != 0)
+    if bad.any():
+        index = bad.idxmax()
+        raise DataError(table.loc[index, "subject"], path,
+                        f"line {index + 2}: {column} {table.loc[index, column]!r} is not {what}")
+    return numbers
 
 
 def write_results(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -33,6 +33,8 @@ class Task:
         subregions: ordered mapping sub-region name -> label values; one attention map per sub-region.
         required_labels: label files a subject must have to be trained on for this task
             (``bml`` only: ``"whole"`` and/or ``"core"``).
+        main_region: the region whose Dice is a benchmark's primary endpoint unless the benchmark
+            declares another (see :mod:`sgnet_lightning.analysis.stats`).
     """
 
     dataset: str
@@ -40,6 +42,7 @@ class Task:
     regions: dict[str, tuple[int, ...]]
     subregions: dict[str, tuple[int, ...]]
     required_labels: tuple[str, ...] = ()
+    main_region: str = "WT"
 
     @property
     def region_names(self) -> list[str]:
