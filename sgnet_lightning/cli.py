@@ -17,10 +17,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from sgnet_lightning.errors import SgnetError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) instead of the usage block followed
+    by the error: every command reports bad input as one line (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _experiment_config(args) -> dict:
@@ -40,6 +56,8 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 def cmd_data_synth(args) -> int:
     from sgnet_lightning.data.synth import synthesize_dataset
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SgnetError(f"--out {args.out}: exists and is not a folder")
     cases = synthesize_dataset(args.kind, args.n, args.out, seed=args.seed, size=args.size)
     print(f"wrote {len(cases)} {args.kind} phantom subjects to {args.out}")
     return 0
@@ -148,7 +166,7 @@ def cmd_evaluate(args) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
-    parser = argparse.ArgumentParser(prog="sgnet", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="sgnet", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -156,7 +174,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", help="write an MRI phantom data set in a real layout")
     p.add_argument("--kind", required=True, choices=["bml", "brats2021", "brats2023"])
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=_positive_int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, help="voxels along the longest axis (small test sets)")
@@ -245,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except SgnetError as err:
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        # one line, whatever the message quotes (a YAML parser's pointer lines, a file's contents)
+        print("error: " + re.sub(r"\s*\n\s*", " ", str(err)).strip(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

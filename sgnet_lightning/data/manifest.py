@@ -412,6 +412,10 @@ class Manifest:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False)
         except (ValueError, OSError) as exc:
             raise DataError("?", path, f"manifest cannot be read ({exc})") from exc
+        absent = [k for k in ("dataset", "root", "split_rule") if not isinstance(sidecar, dict) or k not in sidecar]
+        if absent:
+            raise DataError("?", sidecar_path, f"manifest sidecar lacks {', '.join(absent)} (not made by "
+                            "`sgnet data manifest`?)")
         if sidecar.get("version", 0) > MANIFEST_VERSION:
             raise DataError(
                 "?", path, f"manifest version {sidecar['version']} is newer than this code reads "
