@@ -142,7 +142,8 @@ NOT_YET_ONE_LINE = {
         lambda t: ["predict", "--ckpt", _written(t, "bad.ckpt", "not a checkpoint"), "--input", str(t),
                    "--out", str(t / "seg")],
         "bad.ckpt",
-        pickle.UnpicklingError, "predict.py lets torch.load's UnpicklingError through (raise SgnetError naming the file)",
+        pickle.UnpicklingError,
+        "predict.py lets torch.load's UnpicklingError through (raise SgnetError naming the file)",
     ),
     "fit: override value not YAML": (
         lambda t: ["fit", "--config", PHANTOM_CONFIG, "--set", "model.aux_loss_weight=[1"],

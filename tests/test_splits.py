@@ -163,7 +163,8 @@ def test_brats2023_timepoints_of_one_patient_share_a_split(tmp_path):
     for index in range(6):
         make_brats_case(root, "brats2023", index)
     for index in (1, 4):  # a second timepoint of patients 1 and 4
-        _copy_case(root / f"BraTS-GLI-{index:05d}-000", f"BraTS-GLI-{index:05d}-000", f"BraTS-GLI-{index:05d}-001", root)
+        first = f"BraTS-GLI-{index:05d}-000"
+        _copy_case(root / first, first, f"BraTS-GLI-{index:05d}-001", root)
     manifest = make_manifest("brats2023", root, tmp_path / "b.csv", {"name": "kfold", "n_folds": 2, "test_size": 2},
                              seed=0, progress=False)
     rows = manifest.rows.set_index("subject")

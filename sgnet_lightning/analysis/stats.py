@@ -340,7 +340,9 @@ def primary_endpoint(
     declared = info.get(PRIMARY_ENDPOINT_KEY)
     if declared is not None:
         if not (isinstance(declared, dict) and set(declared) == {"metric", "region"}):
-            raise ConfigError(f"{info_path}: {PRIMARY_ENDPOINT_KEY} must be {{metric: ..., region: ...}}; got {declared!r}")
+            raise ConfigError(
+                f"{info_path}: {PRIMARY_ENDPOINT_KEY} must be {{metric: ..., region: ...}}; got {declared!r}"
+            )
         return str(declared["metric"]), str(declared["region"])
     if info.get("dataset"):
         try:

@@ -184,9 +184,8 @@ def _grid_mismatch(grid, reference_grid, reference: str) -> str:
         if codes != ref_codes:
             differences.append(f"orientation {codes} ({reference} {ref_codes})")
         elif not np.allclose(zooms, ref_zooms, atol=_SAME_GRID_TOLERANCE_MM):
-            differences.append(
-                f"voxel size {'x'.join(f'{z:g}' for z in zooms)} mm ({reference} {'x'.join(f'{z:g}' for z in ref_zooms)})"
-            )
+            sizes = ["x".join(f"{z:g}" for z in voxel) for voxel in (zooms, ref_zooms)]
+            differences.append(f"voxel size {sizes[0]} mm ({reference} {sizes[1]})")
         else:
             shift = float(np.linalg.norm(affine[:3, 3] - ref_affine[:3, 3]))
             differences.append(f"origin {shift:.3g} mm away" if shift else "rotated axes")
@@ -272,7 +271,8 @@ def check_manifest(
                 bar.update(1)
     bar.close()
     # each subject's recorded problems, then its files' problems; patient warnings come last
-    problems = [p for subject, found in zip(subjects, per_subject) for p in recorded_problems(manifest, subject) + found]
+    problems = [p for subject, found in zip(subjects, per_subject)
+                for p in recorded_problems(manifest, subject) + found]  # fmt: skip
     problems += patient_problems(manifest, exclude=excluded)
     n_files = sum(len(record.files()) for record, _, _ in jobs)
     return CheckReport(str(manifest.path), len(jobs), n_files, excluded, problems)
