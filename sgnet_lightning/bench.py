@@ -62,6 +62,7 @@ from torchio.transforms import SpatialTransform
 from torchio.transforms.augmentation import RandomTransform
 
 from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.errors import ConfigError
 
 IN_CHANNELS = 2  # T1ce + FLAIR (the BML set, the seed's input)
 OUT_CHANNELS = 1  # whole tumour
@@ -795,7 +796,7 @@ def run_bench(
     models = models or list_models()
     unknown = sorted(set(models) - set(list_models()))
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
     seed, suite = seed_way(dev, sizes), suite_defaults(dev, sizes)
     # the suite with ``data.loader: device``: the training set on the device, no queue
     suite_device = replace(suite, name="suite_device", data={"loader": "device"})

@@ -79,5 +79,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} must look like key.path=value")
         key, raw = pair.split("=", 1)
-        set_dotted(config, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"override {key.strip()}={raw!r}: the value is not valid YAML ({problem})") from None
+        set_dotted(config, key.strip(), value)
     return config
