@@ -2,25 +2,63 @@
 
 The phantoms let every part of the pipeline (discovery, preprocessing, training, evaluation) run
 end to end on a laptop or in CI without the licensed data, and let tests check geometry and label
-logic against a known truth. They are not a substitute for real data in any reported figure.
+logic against a known truth. They also hold the bright non-tumour structures that make
+soft-attention U-Nets over-segment (the "over-segmentation paradox" hard gating is meant to cure),
+with a recorded truth map, so that false-positive lesions on them can be counted. They are not a
+substitute for real data in any reported figure.
 
 How a subject is made:
 
 1. **Anatomy**: the MNI152 (2009c) 1 mm template's grey-matter, white-matter and brain maps
-   from nilearn (offline), optionally resampled to a coarser isotropic grid (``size``). Each
-   subject warps them with its own random affine (rotation, scaling) and smooth non-linear
-   displacement.
-2. **Lesions**, drawn in millimetres on the subject's grid: ``bml`` gets one to four brain
-   metastases (3-20 mm) at the grey/white-matter junction, each an enhancing rim around a necrotic
-   centre with vasogenic edema spreading through white matter; BraTS gets one glioma with a
-   necrotic centre (NCR), an enhancing rim (ET) and surrounding edema (ED). Internally the lesion
-   map uses the BraTS 2023 values (1 NCR, 2 ED, 3 ET).
-3. **Contrast**: each modality (T1, T1ce, T2, FLAIR) maps tissue classes to typical relative
-   intensities, jittered per subject, with a smooth texture, a multiplicative bias field and Rician
-   noise; zero outside the brain (skull-stripped); stored as int16 like most real releases.
-4. **Layout**: files named and placed exactly as in the real releases (see :func:`case_ids`),
+   from nilearn (offline), plus a ventricle map taken from its CSF, optionally resampled to a
+   coarser isotropic grid (``size``). Each subject warps them with its own random affine (rotation,
+   scaling) and smooth non-linear displacement.
+2. **Tumours** (labelled), drawn in millimetres on the subject's grid: ``bml`` gets two to five
+   brain metastases at the grey/white-matter junction, each an enhancing rim around a necrotic
+   centre (where the core has an interior voxel) with vasogenic edema spreading through white
+   matter; core diameter 5-15 mm (the diameter of the sphere of the core's volume), whole tumour
+   (core + edema) under 2 % of the brain volume (:data:`BML_MAX_TUMOUR_FRACTION`). BraTS gets one
+   glioma with a necrotic centre (NCR), an enhancing rim (ET) and surrounding edema (ED).
+   Internally the lesion map uses the BraTS 2023 values (1 NCR, 2 ED, 3 ET).
+3. **Distractors** (unlabelled), every subject of every kind, drawn after the tumours and kept
+   :data:`DISTRACTOR_MARGIN_VOXELS` voxels (26-connected) away from every voxel any label file marks
+   (for ``bml`` also the FLAIR-grid ``whole_seg`` as a reader puts it back on the T1ce grid):
+
+   - *vessels* (1): three to six cortical veins, smooth random curves 40-90 mm long and 2-5 mm
+     across, running 2-8 mm under the brain surface; enhancing on T1ce, dark on T2 and FLAIR (flow
+     void), no edema around them;
+   - *dura* (2): the falx (a 1.5-3 mm sheet on the mid-sagittal plane, its free edge arching over
+     the corpus callosum, over a random front-to-back stretch) and one or two convexity patches (the brain's outer
+     1-2 mm under a 10-20 degree cap); enhancing on T1ce, dark on T2;
+   - *choroid plexus* (3): one ellipsoid 6-12 mm across in each lateral ventricle (its atrium
+     where the grid shows one), within a voxel of the ventricle; enhancing on T1ce;
+   - *FLAIR lesions* (4): two to six periventricular white-matter lesions, ellipsoids 4-12 mm
+     across centred within 10 mm of a lateral ventricle; bright on FLAIR and T2 like edema,
+     hypointense on T1 and not enhancing on T1ce.
+
+   Enhancing distractors are about as bright on T1ce as the enhancing rim (vessels brighter, dura
+   a little darker), so T1ce brightness alone cannot tell them from tumour; their shape and context
+   can (tubes, sheets, intraventricular blobs; no FLAIR edema, no necrotic centre). Tubes and sheets
+   are at least :data:`MIN_DISTRACTOR_THICKNESS_VOXELS` voxels thick and blobs
+   :data:`MIN_LESION_DIAMETER_VOXELS` voxels across, so coarse grids keep them (the millimetre
+   ranges above grow to those minimums there). Each subject's distractor map (uint8: 1 vessel,
+   2 dura, 3 choroid plexus, 4 FLAIR lesion; :data:`DISTRACTOR_VALUES`) is written on the reference
+   (T1ce) grid to ``<out>/phantom_truth/<case>_distractors.nii.gz``, outside the case folders and
+   named so that no data-set reader takes it for a subject file.
+4. **Contrast**: each modality (T1, T1ce, T2, FLAIR) maps tissue, tumour and distractor classes to
+   typical relative intensities (:data:`CONTRAST`), jittered per subject, with a smooth texture, a
+   multiplicative bias field and Rician noise; zero outside the brain (skull-stripped); stored as
+   int16 like most real releases.
+5. **Layout**: files named and placed exactly as in the real releases (see :func:`case_ids`),
    including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and some
    cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
+   ``dataset_info.json`` records the settings, the missing labels, the number of tumours and the
+   distractor voxel counts per case.
+
+Grids coarser than 5 mm (``size`` < 47) cannot show a 5-15 mm core with a rim around a necrosis:
+there a metastasis core is drawn 2.5 voxels across and is at most 3 voxels across as drawn, fewer
+than two metastases may fit the 2 % budget, and the ventricles are so small that a glioma may leave
+no room for choroid plexus.
 
 Subject ``i`` of data set ``kind`` depends only on ``(seed, kind, i, size)``: the same call writes
 byte-identical files, and a larger ``n`` only appends subjects.
@@ -37,22 +75,32 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_json
+from sgnet_lightning.data.io import resample_to_grid
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 KINDS = ("bml", "brats2021", "brats2023")
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # internal names; each layout renames them
 
 MIN_SIZE = 32  # below this a 2.5-voxel lesion no longer fits the bml tumour budget
-MIN_LESION_DIAMETER_VOXELS = 2.5  # lesions stay visible on coarse grids
+MIN_LESION_DIAMETER_VOXELS = 2.5  # lesions and blob-like distractors stay visible on coarse grids
+MIN_DISTRACTOR_THICKNESS_VOXELS = 1.5  # vessels and dura: thick enough to survive coarse grids
+DISTRACTOR_MARGIN_VOXELS = 2  # free voxels (26-connected) between any label and any distractor
 BML_MAX_TUMOUR_FRACTION = 0.02  # whole tumour / brain volume, per bml case
+METASTASIS_COUNT = (2, 5)  # metastases per bml case, both ends included
+METASTASIS_CORE_DIAMETER_MM = (5.0, 15.0)  # diameter of the sphere of the core's volume
+LESION_TRIES = 40  # placements tried per tumour or distractor before it is dropped
 PARTIAL_VOLUME_SIGMA_VOXELS = 0.4  # blur of lesion class maps before mixing intensities
 INTENSITY_GAIN_RANGE = (400.0, 1200.0)  # scanner units of white matter, drawn per modality
 
 # Internal lesion values (the BraTS 2023 convention).
 NCR, ED, ET = 1, 2, 3
+# Values of the distractor truth map, written to <out>/TRUTH_DIR/<case>_distractors.nii.gz.
+DISTRACTOR_VALUES = {"vessel": 1, "dura": 2, "choroid_plexus": 3, "flair_lesion": 4}
+TRUTH_DIR = "phantom_truth"
 
 _KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS)}
 _FULL_3X3X3 = np.ones((3, 3, 3), dtype=bool)
@@ -72,12 +120,14 @@ class Anatomy:
         gm, wm: grey- and white-matter probabilities.
         brain: brain probability (the template's brain mask, smoothed by resampling); the
             skull-stripping mask is ``brain > 0.5`` and CSF is what is brain but neither GM nor WM.
+        ventricles: lateral (and third) ventricle probability, a part of the CSF.
     """
 
     affine: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
     brain: np.ndarray
+    ventricles: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -106,7 +156,37 @@ def _mni_anatomy() -> Anatomy:
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     brain = (template.get_fdata(dtype=np.float32) > 0).astype(np.float32)
-    return _read_only(Anatomy(affine=template.affine.copy(), gm=gm, wm=wm, brain=brain))
+    ventricles = _ventricles(np.clip(brain - gm - wm, 0.0, 1.0) > 0.5, template.affine)
+    return _read_only(
+        Anatomy(
+            affine=template.affine.copy(),
+            gm=gm,
+            wm=wm,
+            brain=brain,
+            ventricles=ventricles.astype(np.float32),
+        )
+    )
+
+
+def _ventricles(csf: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The ventricles (X, Y, Z) bool in the 1 mm template's CSF mask ``csf``.
+
+    Within the MNI box x -40..40, y -65..35, z -10..35 mm the ventricles are the CSF components of
+    at least 1 mL that do not reach the box's faces; the sulcal and cisternal CSF around them does.
+    (The MNI template ships no ventricle map; on the 2009c template this rule picks the lateral
+    and third ventricles as one component and nothing else.)
+    """
+    lower = np.floor(np.linalg.solve(affine, [-40.0, -65.0, -10.0, 1.0])[:3]).astype(int)
+    upper = np.ceil(np.linalg.solve(affine, [40.0, 35.0, 35.0, 1.0])[:3]).astype(int) + 1
+    box = tuple(slice(max(lo, 0), min(hi, n)) for lo, hi, n in zip(lower, upper, csf.shape))
+    components, _ = ndi.label(csf[box])
+    ventricles = np.zeros(csf.shape, dtype=bool)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    for number, extent in enumerate(ndi.find_objects(components), start=1):
+        inner = all(0 < s.start and s.stop < b.stop - b.start for s, b in zip(extent, box))
+        if inner and np.count_nonzero(components[extent] == number) * voxel_ml >= 1.0:
+            ventricles[box][extent] |= components[extent] == number
+    return ventricles
 
 
 @functools.lru_cache(maxsize=4)
@@ -138,13 +218,14 @@ def template_anatomy(size: int | None = None) -> Anatomy:
             gm=resample(native.gm),
             wm=resample(native.wm),
             brain=resample(native.brain),
+            ventricles=resample(native.ventricles),
         )
     )
 
 
 def _read_only(anatomy: Anatomy) -> Anatomy:
     """Freeze the arrays of a cached anatomy: every later subject shares them."""
-    for array in (anatomy.affine, anatomy.gm, anatomy.wm, anatomy.brain):
+    for array in (anatomy.affine, anatomy.gm, anatomy.wm, anatomy.brain, anatomy.ventricles):
         array.flags.writeable = False
     return anatomy
 
@@ -163,12 +244,16 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], n_control: i
     return field
 
 
-def _deform(template: Anatomy, rng: np.random.Generator) -> Anatomy:
+def _deform(template: Anatomy, rng: np.random.Generator) -> tuple[Anatomy, np.ndarray]:
     """One subject's anatomy: the template warped by a random affine and a smooth displacement.
 
     The affine rotates up to 5 degrees about each axis and scales each axis by 0.92-1.08 about
     the brain's centre; the displacement field is smooth (about 5 control points per axis) with a
     peak of 1.5-4 mm. The output grid is the template's grid.
+
+    Returns:
+        The subject's anatomy, and (3, X, Y, Z) float32: the template-space (MNI, mm) position of
+        each subject voxel, which places structures the tissue maps do not show (the midline).
     """
     shape, spacing = template.shape, template.spacing
     angles = np.deg2rad(rng.uniform(-5, 5, size=3))
@@ -189,12 +274,18 @@ def _deform(template: Anatomy, rng: np.random.Generator) -> Anatomy:
     def warp(volume: np.ndarray) -> np.ndarray:
         return ndi.map_coordinates(volume, coords, order=1, mode="constant", output=np.float32)
 
-    return Anatomy(
+    anatomy = Anatomy(
         affine=template.affine,
         gm=warp(template.gm),
         wm=warp(template.wm),
         brain=warp(template.brain),
+        ventricles=warp(template.ventricles),
     )
+    linear, shift = template.affine[:3, :3], template.affine[:3, 3]
+    mni_mm = np.stack(
+        [sum(linear[i, j] * coords[j] for j in range(3)) + shift[i] for i in range(3)]
+    ).astype(np.float32)
+    return anatomy, mni_mm
 
 
 def _rotation_matrix(angles: np.ndarray) -> np.ndarray:
@@ -372,24 +463,40 @@ def _place(
     glioma: bool,
     min_radius_mm: float,
     max_whole_voxels: int,
-) -> np.ndarray:
-    """Place ``shapes`` at random ``candidates`` (N, 3) voxel positions; returns the lesion map.
+    core_diameter_mm: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Place ``shapes`` at random ``candidates`` (N, 3) voxel positions.
 
     A ``glioma`` gets a one-voxel edema ring and must show a necrotic centre (BraTS: NCR inside
-    ET inside ED); metastases may be too small for a visible necrosis.
+    ET inside ED); metastases may be too small for a visible necrosis. With ``core_diameter_mm``
+    a placement counts only if the core as drawn, measured as the diameter of the sphere of its
+    volume, lies in that range (lumps and voxels change it from the nominal radius).
 
-    Each lesion gets 40 tries; every 10 failed tries shrink it by 20 % (a large lesion may fit
-    nowhere, or exceed the budget of ``max_whole_voxels`` whole-tumour voxels in all). A lesion that
-    never fits is dropped, except the first: every case has at least one lesion.
+    Each lesion gets :data:`LESION_TRIES` tries; every 10 failed tries shrink it by 20 % (a large
+    lesion may fit nowhere, or exceed its share of the budget of ``max_whole_voxels`` whole-tumour
+    voxels: what is left, split evenly over the lesions still to place, so the first lesions
+    cannot crowd out the others; the last 10 tries may use all that is left, which only coarse
+    grids need). A lesion that never fits is dropped, except the first: every case has at least
+    one lesion.
+
+    Returns:
+        The lesion map (X, Y, Z) uint8 (1 NCR, 2 ED, 3 ET) and the number of lesions placed.
     """
     lesions = np.zeros(anatomy.shape, dtype=np.uint8)
+    placed = 0
     for number, shape in enumerate(shapes):
-        for attempt in range(40):
+        for attempt in range(LESION_TRIES):
             centre = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
             masks = _draw_lesion(shape, centre, anatomy, edema_ring=glioma)
-            within_budget = np.count_nonzero(lesions) + masks.whole.sum() <= max_whole_voxels
-            if within_budget and _fits(masks, lesions, need_necrosis=glioma):
+            left = max_whole_voxels - np.count_nonzero(lesions)
+            share = left if attempt >= LESION_TRIES - 10 else left / (len(shapes) - number)
+            if (
+                masks.whole.sum() <= share
+                and _fits(masks, lesions, need_necrosis=glioma)
+                and _core_diameter_in(masks, anatomy.spacing, core_diameter_mm)
+            ):
                 _paint(masks, lesions)
+                placed += 1
                 break
             if attempt % 10 == 9:
                 shape = shape.shrunk(0.8, min_radius_mm)
@@ -399,17 +506,45 @@ def _place(
                     "could not place a lesion in the phantom; the grid may be too coarse "
                     f"({anatomy.spacing:.1f} mm voxels)"
                 )
-    return lesions
+    return lesions, placed
 
 
-def _metastases(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
-    """Lesion map (X, Y, Z) uint8 of one to four brain metastases (3-20 mm diameter, log-uniform,
-    at least 2.5 voxels) at the grey/white-matter junction; whole tumour under 2 % of the brain."""
-    min_radius_mm = MIN_LESION_DIAMETER_VOXELS * anatomy.spacing / 2.0
-    n_lesions = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))
+def _core_diameter_in(
+    masks: LesionMasks, spacing: float, bounds_mm: tuple[float, float] | None
+) -> bool:
+    """Whether the core's equivalent-sphere diameter (mm) lies in ``bounds_mm`` (None: any)."""
+    if bounds_mm is None:
+        return True
+    diameter_mm = (6.0 * np.count_nonzero(masks.core) / np.pi) ** (1.0 / 3.0) * spacing
+    return bounds_mm[0] <= diameter_mm <= bounds_mm[1]
+
+
+def metastasis_core_diameter_mm(spacing: float) -> tuple[float, float]:
+    """Bounds (mm) on a metastasis core's diameter as drawn (equivalent sphere) on a grid of
+    ``spacing`` mm voxels: :data:`METASTASIS_CORE_DIAMETER_MM`, except that on grids coarser than
+    5 mm the upper bound is 3 voxels (the nominal diameter is at least
+    :data:`MIN_LESION_DIAMETER_VOXELS` voxels, and voxels round it up)."""
+    smallest, largest = METASTASIS_CORE_DIAMETER_MM
+    return smallest, max(largest, (MIN_LESION_DIAMETER_VOXELS + 0.5) * spacing)
+
+
+def _metastases(rng: np.random.Generator, anatomy: Anatomy) -> tuple[np.ndarray, int]:
+    """Lesion map (X, Y, Z) uint8 of two to five brain metastases at the grey/white-matter
+    junction, and their number.
+
+    Nominal core diameters are log-uniform over 5-15 mm (at least
+    :data:`MIN_LESION_DIAMETER_VOXELS` voxels), and the cores as drawn must lie within
+    :func:`metastasis_core_diameter_mm`; edema reaches 0.5-2 core radii plus 0-5 mm beyond
+    the core, through white matter; the whole tumour stays under :data:`BML_MAX_TUMOUR_FRACTION`
+    of the brain volume (edema and cores shrink to fit).
+    """
+    smallest, largest = METASTASIS_CORE_DIAMETER_MM
+    smallest = max(smallest, MIN_LESION_DIAMETER_VOXELS * anatomy.spacing)
+    largest = max(largest, smallest)
+    low, high = METASTASIS_COUNT
     shapes = []
-    for _ in range(n_lesions):
-        radius = max(np.exp(rng.uniform(np.log(3.0), np.log(20.0))) / 2.0, min_radius_mm)
+    for _ in range(int(rng.integers(low, high + 1))):
+        radius = np.exp(rng.uniform(np.log(smallest), np.log(largest))) / 2.0
         shapes.append(
             _random_shape(
                 rng,
@@ -421,18 +556,19 @@ def _metastases(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
             )
         )
     junction = (anatomy.gm > 0.3) & (anatomy.wm > 0.3) & anatomy.mask
-    # 0.9 x the limit: voxel counts of the test and of readers may differ slightly
+    # 0.9 x the limit: a reader's label (FLAIR-grid whole_seg put back on the T1ce grid) is a
+    # little larger than the lesion map
     budget = int(0.9 * BML_MAX_TUMOUR_FRACTION * np.count_nonzero(anatomy.mask))
     return _place(
-        rng, shapes, np.argwhere(junction), anatomy, glioma=False, min_radius_mm=min_radius_mm,
-        max_whole_voxels=budget,
+        rng, shapes, np.argwhere(junction), anatomy, glioma=False, min_radius_mm=smallest / 2.0,
+        max_whole_voxels=budget, core_diameter_mm=metastasis_core_diameter_mm(anatomy.spacing),
     )
 
 
-def _glioma(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
-    """Lesion map (X, Y, Z) uint8 of one glioma centred in white matter: core radius 12-25 mm (at
-    least 2.5 voxels, so a necrotic centre survives inside a one-voxel rim), edema 8-25 mm beyond,
-    reaching further in white matter."""
+def _glioma(rng: np.random.Generator, anatomy: Anatomy) -> tuple[np.ndarray, int]:
+    """Lesion map (X, Y, Z) uint8 of one glioma centred in white matter, and 1: core radius
+    12-25 mm (at least 2.5 voxels, so a necrotic centre survives inside a one-voxel rim), edema
+    8-25 mm beyond, reaching further in white matter."""
     min_radius_mm = 2.5 * anatomy.spacing
     shape = _random_shape(
         rng,
@@ -455,52 +591,312 @@ def _glioma(rng: np.random.Generator, anatomy: Anatomy) -> np.ndarray:
 
 
 # ================================================================================================
+# Distractors: bright non-tumour structures, unlabelled
+# ================================================================================================
+
+
+def _distractors(
+    rng: np.random.Generator, anatomy: Anatomy, mni_mm: np.ndarray, exclusion: np.ndarray
+) -> np.ndarray:
+    """Distractor map (X, Y, Z) uint8 (:data:`DISTRACTOR_VALUES`, 0 none) of one subject.
+
+    Args:
+        anatomy: the subject's anatomy.
+        mni_mm: (3, X, Y, Z) template-space position of each voxel (from :func:`_deform`).
+        exclusion: (X, Y, Z) bool, voxels no distractor may occupy (labels and their margin).
+            Compact distractors (vessels, choroid plexus, FLAIR lesions) that would reach it are
+            drawn again elsewhere; sheets (dura) are trimmed by it.
+
+    Types are painted in the order FLAIR lesions, choroid plexus, dura, vessels: where two meet the
+    later wins (a vein on the dura stays a vein).
+    """
+    depth_mm = ndi.distance_transform_edt(anatomy.mask, sampling=anatomy.spacing)
+    ventricles = anatomy.ventricles > 0.5
+    layers = (
+        ("flair_lesion", _flair_lesions(rng, anatomy, ventricles, exclusion)),
+        ("choroid_plexus", _choroid_plexus(rng, anatomy, mni_mm, ventricles, exclusion)),
+        ("dura", _dura(rng, anatomy, mni_mm, depth_mm, exclusion)),
+        ("vessel", _vessels(rng, anatomy, depth_mm, exclusion)),
+    )
+    distractors = np.zeros(anatomy.shape, dtype=np.uint8)
+    for name, mask in layers:
+        distractors[mask] = DISTRACTOR_VALUES[name]
+    return distractors
+
+
+def _vessels(
+    rng: np.random.Generator, anatomy: Anatomy, depth_mm: np.ndarray, exclusion: np.ndarray
+) -> np.ndarray:
+    """Cortical veins (X, Y, Z) bool: three to six smooth random curves 40-90 mm long, 2-5 mm
+    across (at least :data:`MIN_DISTRACTOR_THICKNESS_VOXELS`), running along the brain surface
+    2-8 mm deep (at least one voxel), as superficial veins run in the sulci."""
+    spacing = anatomy.spacing
+    inward = np.stack(np.gradient(depth_mm))  # (3, X, Y, Z): the surface normal, pointing inward
+    vessels = np.zeros(anatomy.shape, dtype=bool)
+    for _ in range(int(rng.integers(3, 7))):
+        radius_mm = max(rng.uniform(1.0, 2.5), MIN_DISTRACTOR_THICKNESS_VOXELS * spacing / 2.0)
+        length_mm = rng.uniform(40.0, 90.0)
+        target_mm = rng.uniform(max(2.0, spacing), max(8.0, 2.0 * spacing))
+        starts = np.argwhere(
+            anatomy.mask & (np.abs(depth_mm - target_mm) <= spacing / 2.0) & ~exclusion
+        )
+        for _attempt in range(LESION_TRIES):
+            curve = _surface_curve(
+                rng, starts, anatomy.mask, depth_mm, inward, target_mm, length_mm, spacing
+            )
+            if curve is None:
+                continue
+            tube = _tube(curve, radius_mm / spacing, anatomy.shape) & anatomy.mask
+            if not (tube & exclusion).any():
+                vessels |= tube
+                break
+    return vessels
+
+
+def _surface_curve(
+    rng: np.random.Generator,
+    starts: np.ndarray,
+    mask: np.ndarray,
+    depth_mm: np.ndarray,
+    inward: np.ndarray,
+    target_mm: float,
+    length_mm: float,
+    spacing: float,
+) -> np.ndarray | None:
+    """(K, 3) voxel positions a quarter voxel apart along a smooth random curve that starts at one
+    of ``starts`` (N, 3) and follows the brain surface at depth ``target_mm``; None when it leaves
+    the brain before half of ``length_mm``.
+
+    Each step turns the direction by a random angle (it decorrelates over about 30 mm), removes
+    its component along the surface normal, and steers back towards the target depth.
+    """
+    if not len(starts):
+        return None
+    step_voxels = 0.25
+    bend = np.sqrt(step_voxels * spacing / 30.0)  # radians per step
+    position = starts[rng.integers(len(starts))] + rng.uniform(-0.5, 0.5, 3)
+    direction = rng.standard_normal(3)
+    n_steps = int(length_mm / (step_voxels * spacing))
+    points = [position]
+    for _ in range(n_steps):
+        voxel = tuple(np.rint(position).astype(int))
+        normal = inward[(slice(None), *voxel)]
+        normal = normal / max(float(np.linalg.norm(normal)), 1e-6)
+        direction = direction + bend * rng.standard_normal(3)
+        direction -= (direction @ normal) * normal
+        direction += 0.5 * (target_mm - depth_mm[voxel]) / spacing * normal
+        direction /= max(float(np.linalg.norm(direction)), 1e-6)
+        position = position + step_voxels * direction
+        voxel = np.rint(position).astype(int)
+        if (voxel < 0).any() or (voxel >= mask.shape).any() or not mask[tuple(voxel)]:
+            break
+        points.append(position)
+    if len(points) < n_steps // 2:
+        return None
+    return np.array(points)
+
+
+def _tube(points: np.ndarray, radius_voxels: float, shape: tuple[int, int, int]) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels whose centre lies within ``radius_voxels`` of a point of the
+    densely sampled curve ``points`` (K, 3)."""
+    lower = np.maximum(np.floor(points.min(axis=0) - radius_voxels).astype(int), 0)
+    upper = np.minimum(np.ceil(points.max(axis=0) + radius_voxels).astype(int) + 1, shape)
+    axes = [np.arange(lo, hi) for lo, hi in zip(lower, upper)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    distance, _ = cKDTree(points).query(centres, distance_upper_bound=radius_voxels)
+    tube = np.zeros(shape, dtype=bool)
+    tube[tuple(centres[np.isfinite(distance)].T)] = True
+    return tube
+
+
+def _ellipsoid(
+    centre: np.ndarray, radii_voxels: np.ndarray, rotation: np.ndarray, shape: tuple[int, int, int]
+) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels inside the ellipsoid with ``centre`` (3,) and ``radii_voxels``
+    (3,) along the axes ``rotation`` (3, 3)."""
+    half = int(np.ceil(radii_voxels.max())) + 1
+    lower = np.maximum(np.floor(centre).astype(int) - half, 0)
+    upper = np.minimum(np.floor(centre).astype(int) + half + 1, shape)
+    box = tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper))
+    offsets = np.stack(
+        np.meshgrid(*[np.arange(s.start, s.stop) - c for s, c in zip(box, centre)], indexing="ij"),
+        axis=-1,
+    )
+    inside = np.linalg.norm(offsets @ rotation / radii_voxels, axis=-1) <= 1.0
+    blob = np.zeros(shape, dtype=bool)
+    blob[box] = inside
+    return blob
+
+
+def _dura(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    mni_mm: np.ndarray,
+    depth_mm: np.ndarray,
+    exclusion: np.ndarray,
+) -> np.ndarray:
+    """Dura (X, Y, Z) bool: thin enhancing sheets, trimmed by ``exclusion``.
+
+    - The falx: 1.5-3 mm thick (at least :data:`MIN_DISTRACTOR_THICKNESS_VOXELS`) on the
+      template's mid-sagittal plane (MNI x = 0, warped with the subject), upwards from its free
+      edge, an arch over the corpus callosum (z 25-40 mm at y = -15 mm, 10-25 mm lower 60 mm in
+      front and behind), over a random stretch from y -90..-50 to y 10..50 mm.
+    - One or two convexity patches: the brain's outer 1-2 mm (at least that many voxels) within
+      10-20 degrees of a random upward direction from the brain's centre.
+    """
+    thinnest_mm = MIN_DISTRACTOR_THICKNESS_VOXELS * anatomy.spacing
+    x, y, z = mni_mm
+    half_thickness_mm = max(rng.uniform(1.5, 3.0), thinnest_mm) / 2.0
+    y_back, y_front = rng.uniform(-90, -50), rng.uniform(10, 50)
+    z_edge = rng.uniform(25, 40) - rng.uniform(10, 25) * ((y + 15.0) / 60.0) ** 2
+    dura = (np.abs(x) <= half_thickness_mm) & (y >= y_back) & (y <= y_front) & (z >= z_edge)
+
+    offsets = mni_mm - mni_mm[:, anatomy.mask].mean(axis=1)[:, None, None, None]
+    distance = np.linalg.norm(offsets, axis=0)
+    for _ in range(int(rng.integers(1, 3))):
+        direction = rng.standard_normal(3)
+        direction[2] = abs(direction[2])  # the convexity, not the skull base
+        direction /= np.linalg.norm(direction)
+        cap = np.cos(np.deg2rad(rng.uniform(10.0, 20.0)))
+        thickness_mm = max(rng.uniform(1.0, 2.0), thinnest_mm)
+        in_cap = np.tensordot(direction, offsets, axes=1) >= cap * distance
+        dura |= (depth_mm <= thickness_mm) & in_cap
+    return dura & anatomy.mask & ~exclusion
+
+
+def _choroid_plexus(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    mni_mm: np.ndarray,
+    ventricles: np.ndarray,
+    exclusion: np.ndarray,
+) -> np.ndarray:
+    """Choroid plexus (X, Y, Z) bool: one ellipsoid 6-12 mm across (at least
+    :data:`MIN_LESION_DIAMETER_VOXELS`) per lateral ventricle, centred in its atrium (MNI
+    y < -20 mm) where the grid shows one and the tumour leaves room (else anywhere in that
+    ventricle), kept within a voxel of the ventricle."""
+    spacing = anatomy.spacing
+    smallest_radius_mm = MIN_LESION_DIAMETER_VOXELS * spacing / 2.0
+    room = ndi.binary_dilation(ventricles, _FULL_3X3X3) & anatomy.mask
+    choroid = np.zeros(anatomy.shape, dtype=bool)
+    for side in (-1.0, 1.0):
+        lateral = ventricles & (side * mni_mm[0] > 3.0) & ~exclusion  # not the third ventricle
+        atrium = lateral & (mni_mm[1] < -20.0)
+        for attempt in range(LESION_TRIES):
+            prefer_atrium = atrium.any() and attempt < LESION_TRIES // 2
+            candidates = np.argwhere(atrium if prefer_atrium else lateral)
+            if not len(candidates):
+                break
+            centre = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+            radii_mm = rng.uniform(3.0, 6.0) * rng.uniform(0.8, 1.25, 3)
+            radii_mm = np.maximum(radii_mm, smallest_radius_mm)
+            rotation = _rotation_matrix(rng.uniform(-np.pi, np.pi, 3))
+            blob = _ellipsoid(centre, radii_mm / spacing, rotation, anatomy.shape) & room
+            if blob.any() and not (blob & exclusion).any():
+                choroid |= blob
+                break
+    return choroid
+
+
+def _flair_lesions(
+    rng: np.random.Generator, anatomy: Anatomy, ventricles: np.ndarray, exclusion: np.ndarray
+) -> np.ndarray:
+    """Periventricular white-matter lesions (X, Y, Z) bool: two to six ellipsoids 4-12 mm across
+    (at least :data:`MIN_LESION_DIAMETER_VOXELS`), centred in white matter within 10 mm (at least
+    two voxels) of a ventricle, clipped to white matter outside the ventricles."""
+    spacing = anatomy.spacing
+    smallest_radius_mm = MIN_LESION_DIAMETER_VOXELS * spacing / 2.0
+    from_ventricles_mm = ndi.distance_transform_edt(~ventricles, sampling=spacing)
+    white = (anatomy.wm > 0.3) & anatomy.mask & ~ventricles
+    candidates = np.argwhere(
+        white
+        & (anatomy.wm > 0.5)
+        & (from_ventricles_mm <= max(10.0, 2.0 * spacing))
+        & ~exclusion
+    )
+    lesions = np.zeros(anatomy.shape, dtype=bool)
+    if not len(candidates):
+        return lesions
+    for _ in range(int(rng.integers(2, 7))):
+        for _attempt in range(LESION_TRIES):
+            centre = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+            radii_mm = rng.uniform(2.0, 6.0) * rng.uniform(0.7, 1.4, 3)
+            radii_mm = np.maximum(radii_mm, smallest_radius_mm)
+            rotation = _rotation_matrix(rng.uniform(-np.pi, np.pi, 3))
+            blob = _ellipsoid(centre, radii_mm / spacing, rotation, anatomy.shape) & white
+            if blob.any() and not (blob & exclusion).any():
+                lesions |= blob
+                break
+    return lesions
+
+
+# ================================================================================================
 # Modality contrast
 # ================================================================================================
 
 # Relative mean intensity of each tissue class per modality (white matter near 0.5-0.85).
 # T1: WM > GM > CSF; T1ce adds a bright enhancing rim; T2: CSF and edema bright;
 # FLAIR: like T2 with CSF suppressed, so edema is the brightest tissue.
+# Distractors: vessels, dura and choroid plexus enhance about as much as the rim (vessels more,
+# since partial volume dims a thin tube most) but are dark on T2 and FLAIR (flow void, fibrous
+# dura) or, the choroid plexus, grey; FLAIR lesions are edema-bright on T2 and FLAIR, T1-dark and
+# do not enhance.
 CONTRAST: dict[str, dict[str, float]] = {
-    "t1": dict(csf=0.30, gm=0.62, wm=0.85, edema=0.55, necrosis=0.35, enhancing=0.62),
-    "t1ce": dict(csf=0.28, gm=0.60, wm=0.80, edema=0.55, necrosis=0.30, enhancing=1.60),
-    "t2": dict(csf=1.00, gm=0.55, wm=0.40, edema=0.85, necrosis=0.95, enhancing=0.65),
-    "flair": dict(csf=0.12, gm=0.62, wm=0.48, edema=0.95, necrosis=0.55, enhancing=0.80),
+    "t1": dict(
+        csf=0.30, gm=0.62, wm=0.85, edema=0.55, necrosis=0.35, enhancing=0.62,
+        vessel=0.50, dura=0.50, choroid_plexus=0.60, flair_lesion=0.62,
+    ),
+    "t1ce": dict(
+        csf=0.28, gm=0.60, wm=0.80, edema=0.55, necrosis=0.30, enhancing=1.60,
+        vessel=1.90, dura=1.75, choroid_plexus=1.90, flair_lesion=0.62,
+    ),
+    "t2": dict(
+        csf=1.00, gm=0.55, wm=0.40, edema=0.85, necrosis=0.95, enhancing=0.65,
+        vessel=0.25, dura=0.30, choroid_plexus=0.70, flair_lesion=0.85,
+    ),
+    "flair": dict(
+        csf=0.12, gm=0.62, wm=0.48, edema=0.95, necrosis=0.55, enhancing=0.80,
+        vessel=0.35, dura=0.45, choroid_plexus=0.55, flair_lesion=0.95,
+    ),
 }
 _LESION_CLASSES = {"necrosis": NCR, "edema": ED, "enhancing": ET}
 
 
-def _lesion_fractions(lesions: np.ndarray) -> dict[str, np.ndarray]:
-    """Partial-volume fraction (X, Y, Z) float32 of each lesion class: its mask, blurred."""
+def _class_fractions(class_map: np.ndarray, classes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Partial-volume fraction (X, Y, Z) float32 of each class ``name -> value`` of ``class_map``:
+    its mask, blurred."""
     return {
         name: ndi.gaussian_filter(
-            (lesions == value).astype(np.float32), PARTIAL_VOLUME_SIGMA_VOXELS
+            (class_map == value).astype(np.float32), PARTIAL_VOLUME_SIGMA_VOXELS
         )
-        for name, value in _LESION_CLASSES.items()
+        for name, value in classes.items()
     }
 
 
 def _render(
     modality: str,
     anatomy: Anatomy,
-    fractions: dict[str, np.ndarray],
+    tumour: dict[str, np.ndarray],
+    distractors: dict[str, np.ndarray],
     texture: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Noise-free image (X, Y, Z) float32 of one modality in relative units, zero outside the brain.
 
-    Tissue means are jittered by +-8 % per subject; a texture adds 3 % variation in healthy tissue
-    and 10 % in lesions; a smooth bias field multiplies everything by exp(N(0, SD 3-12 %)).
+    ``tumour`` and ``distractors`` give each class's partial-volume fraction (a key of
+    :data:`CONTRAST`). Means are jittered by +-8 % per subject; a texture adds 3 % variation in
+    healthy tissue and distractors and 10 % in tumour; a smooth bias field multiplies everything
+    by exp(N(0, SD 3-12 %)).
     """
     means = {name: value * rng.uniform(0.92, 1.08) for name, value in CONTRAST[modality].items()}
     brain = np.maximum(anatomy.brain, 1e-3)  # tissue mix of each voxel, as if all of it were brain
     tissue = anatomy.csf * means["csf"] + anatomy.gm * means["gm"] + anatomy.wm * means["wm"]
     healthy = tissue / brain
-    lesion_total = sum(fractions.values())
-    image = (1.0 - lesion_total) * healthy
+    fractions = {**tumour, **distractors}
+    image = (1.0 - sum(fractions.values())) * healthy
     for name, fraction in fractions.items():
         image += fraction * means[name]
-    image *= 1.0 + (0.03 + 0.07 * lesion_total) * texture
+    image *= 1.0 + (0.03 + 0.07 * sum(tumour.values())) * texture
     image *= np.exp(rng.uniform(0.03, 0.12) * _smooth_field(rng, anatomy.shape, 4))
     image[~anatomy.mask] = 0.0
     return image.astype(np.float32)
@@ -532,23 +928,52 @@ class Subject:
     Attributes:
         anatomy: the subject's warped tissue maps.
         lesions: (X, Y, Z) uint8 lesion map, 1 NCR, 2 ED, 3 ET.
+        n_tumours: number of tumours in ``lesions``.
+        distractors: (X, Y, Z) uint8 distractor map (:data:`DISTRACTOR_VALUES`, 0 none).
         images: modality -> (X, Y, Z) float32 noise-free image in relative units.
     """
 
     anatomy: Anatomy
     lesions: np.ndarray
+    n_tumours: int
+    distractors: np.ndarray
     images: dict[str, np.ndarray]
 
 
 def _make_subject(
-    rng: np.random.Generator, template: Anatomy, tumour: str, modalities: tuple[str, ...]
+    rng: np.random.Generator,
+    template: Anatomy,
+    tumour: str,
+    modalities: tuple[str, ...],
+    labelled_voxels,
 ) -> Subject:
-    anatomy = _deform(template, rng)
-    lesions = _metastases(rng, anatomy) if tumour == "metastases" else _glioma(rng, anatomy)
-    fractions = _lesion_fractions(lesions)
+    """One subject with ``tumour`` ``"metastases"`` or ``"glioma"``.
+
+    ``labelled_voxels(lesions) -> (X, Y, Z) bool`` says which voxels of this grid the subject's
+    label files will mark once a reader puts them on it; distractors keep
+    :data:`DISTRACTOR_MARGIN_VOXELS` away from those.
+    """
+    anatomy, mni_mm = _deform(template, rng)
+    place = _metastases if tumour == "metastases" else _glioma
+    lesions, n_tumours = place(rng, anatomy)
+    exclusion = ndi.binary_dilation(
+        labelled_voxels(lesions), _FULL_3X3X3, iterations=DISTRACTOR_MARGIN_VOXELS
+    )
+    distractors = _distractors(rng, anatomy, mni_mm, exclusion)
+    tumour_fractions = _class_fractions(lesions, _LESION_CLASSES)
+    distractor_fractions = _class_fractions(distractors, DISTRACTOR_VALUES)
     texture = _texture(rng, anatomy)
-    images = {m: _render(m, anatomy, fractions, texture, rng) for m in modalities}
-    return Subject(anatomy=anatomy, lesions=lesions, images=images)
+    images = {
+        m: _render(m, anatomy, tumour_fractions, distractor_fractions, texture, rng)
+        for m in modalities
+    }
+    return Subject(
+        anatomy=anatomy,
+        lesions=lesions,
+        n_tumours=n_tumours,
+        distractors=distractors,
+        images=images,
+    )
 
 
 # ================================================================================================
@@ -651,15 +1076,31 @@ def _to_grid(
 
 def _write_bml_case(
     case_dir: Path, case: str, case_number: int, template: Anatomy, rng: np.random.Generator
-) -> None:
-    subject = _make_subject(rng, template, "metastases", ("t1ce", "flair"))
-    affine, anatomy = template.affine, subject.anatomy
+) -> Subject:
+    affine, shape = template.affine, template.shape
+    flair_affine, flair_shape = _flair_grid(rng, affine, shape)
+
+    def on_flair_grid(volume: np.ndarray) -> np.ndarray:
+        return _to_grid(volume, affine, flair_affine, flair_shape)
+
+    def flair_whole_seg(lesions: np.ndarray) -> np.ndarray:
+        """The whole-tumour mask on the FLAIR grid (before clipping to the FLAIR brain)."""
+        return on_flair_grid((lesions > 0).astype(np.float32)) >= 0.5
+
+    def labelled_voxels(lesions: np.ndarray) -> np.ndarray:
+        """T1ce-grid voxels of the lesions and of whole_seg as a reader puts it on this grid
+        (nearest neighbour; thick FLAIR slices make it reach a little beyond the lesions)."""
+        back = resample_to_grid(
+            flair_whole_seg(lesions).astype(np.uint8), flair_affine, shape, affine, order=0
+        )
+        return (lesions > 0) | (back > 0)
+
+    subject = _make_subject(rng, template, "metastases", ("t1ce", "flair"), labelled_voxels)
+    anatomy = subject.anatomy
     core = np.isin(subject.lesions, (NCR, ET))
-    whole = subject.lesions > 0
-    flair_affine, flair_shape = _flair_grid(rng, affine, anatomy.shape)
-    flair_mask = _to_grid(anatomy.brain, affine, flair_affine, flair_shape) > 0.5
-    flair = _to_grid(subject.images["flair"], affine, flair_affine, flair_shape)
-    flair_whole = _to_grid(whole.astype(np.float32), affine, flair_affine, flair_shape) >= 0.5
+    flair_mask = on_flair_grid(anatomy.brain) > 0.5
+    flair = on_flair_grid(subject.images["flair"])
+    flair_whole = flair_whole_seg(subject.lesions)
     files = {
         "t1ce_img": (_acquire(subject.images["t1ce"], anatomy.mask, rng), affine),
         "flair_img": (_acquire(flair, flair_mask, rng), flair_affine),
@@ -673,6 +1114,7 @@ def _write_bml_case(
             path.unlink(missing_ok=True)  # a rerun must not leave an older label behind
             continue
         _write_nifti(path, array, part_affine)
+    return subject
 
 
 # ================================================================================================
@@ -696,9 +1138,9 @@ _BRATS_LAYOUT = {
 
 def _write_brats_case(
     case_dir: Path, case: str, kind: str, template: Anatomy, rng: np.random.Generator
-) -> None:
+) -> Subject:
     layout = _BRATS_LAYOUT[kind]
-    subject = _make_subject(rng, template, "glioma", MODALITIES)
+    subject = _make_subject(rng, template, "glioma", MODALITIES, lambda lesions: lesions > 0)
     sep = layout["separator"]
     for modality, suffix in layout["suffixes"].items():
         image = _acquire(subject.images[modality], subject.anatomy.mask, rng)
@@ -707,6 +1149,7 @@ def _write_brats_case(
     for internal, value in layout["labels"].items():
         seg[subject.lesions == internal] = value
     _write_nifti(case_dir / f"{case}{sep}seg.nii.gz", seg, template.affine)
+    return subject
 
 
 # ================================================================================================
@@ -742,7 +1185,9 @@ def synthesize_dataset(
     Args:
         kind: ``"bml"``, ``"brats2021"`` or ``"brats2023"``.
         n: number of cases (>= 1).
-        out_dir: folder to write into (created): one sub-folder per case and ``dataset_info.json``.
+        out_dir: folder to write into (created): one sub-folder per case, ``dataset_info.json``,
+            and ``phantom_truth/<case>_distractors.nii.gz`` (distractor maps, see the module
+            docstring).
         seed: base seed; case ``i`` is drawn from ``(seed, kind, i)`` alone.
         size: voxels along the longest axis of a coarser isotropic grid (>= 32; e.g. 48 gives
             4.9 mm voxels and ~0.1 s per case); None keeps the 1 mm MNI grid (197 x 233 x 189).
@@ -759,15 +1204,23 @@ def synthesize_dataset(
     out_dir = Path(out_dir)
     template = template_anatomy(None if size is None else int(size))
     cases = case_ids(kind, n)
-    case_dirs = []
+    truth_dir = out_dir / TRUTH_DIR
+    case_dirs, n_tumours, distractor_voxels = [], {}, {}
     for index, case in enumerate(tqdm(cases, desc=f"synth {kind}", disable=not progress)):
         case_dir = out_dir / case
         case_dir.mkdir(parents=True, exist_ok=True)
         rng = _subject_rng(seed, kind, index)
         if kind == "bml":
-            _write_bml_case(case_dir, case, index + 1, template, rng)
+            subject = _write_bml_case(case_dir, case, index + 1, template, rng)
         else:
-            _write_brats_case(case_dir, case, kind, template, rng)
+            subject = _write_brats_case(case_dir, case, kind, template, rng)
+        truth_dir.mkdir(exist_ok=True)
+        _write_nifti(truth_dir / f"{case}_distractors.nii.gz", subject.distractors, template.affine)
+        n_tumours[case] = subject.n_tumours
+        distractor_voxels[case] = {
+            name: int(np.count_nonzero(subject.distractors == value))
+            for name, value in DISTRACTOR_VALUES.items()
+        }
         case_dirs.append(case_dir)
     info = {
         "generator": "sgnet_lightning.data.synth",
@@ -779,6 +1232,10 @@ def synthesize_dataset(
         "shape": list(template.shape),
         "spacing_mm": template.spacing,
         "cases": cases,
+        "tumours": n_tumours,
+        "distractor_maps": f"{TRUTH_DIR}/<case>_distractors.nii.gz (on the T1ce grid)",
+        "distractor_values": DISTRACTOR_VALUES,
+        "distractor_voxels": distractor_voxels,
     }
     if kind == "bml":
         info["missing_labels"] = {
