@@ -16,8 +16,9 @@ How a subject is made:
 2. **Tumours** (labelled), drawn in millimetres on the subject's grid: ``bml`` gets two to five
    brain metastases at the grey/white-matter junction, each an enhancing rim around a necrotic
    centre (where the core has an interior voxel) with vasogenic edema spreading through white
-   matter; core diameter 5-15 mm (the diameter of the sphere of the core's volume), whole tumour
-   (core + edema) under 2 % of the brain volume (:data:`BML_MAX_TUMOUR_FRACTION`). BraTS gets one
+   matter; core diameter 5-15 mm (the diameter of the sphere of the core's volume) and drawn at
+   least :data:`MIN_LESION_DIAMETER_VOXELS` voxels across, whole tumour (core + edema) under 2 %
+   of the brain volume (:data:`BML_MAX_TUMOUR_FRACTION`). BraTS gets one
    glioma with a necrotic centre (NCR), an enhancing rim (ET) and surrounding edema (ED).
    Internally the lesion map uses the BraTS 2023 values (1 NCR, 2 ED, 3 ET).
 3. **Distractors** (unlabelled), every subject of every kind, drawn after the tumours and kept
@@ -28,16 +29,17 @@ How a subject is made:
      across, running 2-8 mm under the brain surface; enhancing on T1ce, dark on T2 and FLAIR (flow
      void), no edema around them;
    - *dura* (2): the falx (a 1.5-3 mm sheet on the mid-sagittal plane, its free edge arching over
-     the corpus callosum, over a random front-to-back stretch) and one or two convexity patches (the brain's outer
-     1-2 mm under a 10-20 degree cap); enhancing on T1ce, dark on T2;
+     the corpus callosum, over a random front-to-back stretch) and one or two convexity patches
+     (the brain's outer 1-2 mm under a 10-20 degree cap); enhancing on T1ce, dark on T2;
    - *choroid plexus* (3): one ellipsoid 6-12 mm across in each lateral ventricle (its atrium
      where the grid shows one), within a voxel of the ventricle; enhancing on T1ce;
    - *FLAIR lesions* (4): two to six periventricular white-matter lesions, ellipsoids 4-12 mm
      across centred within 10 mm of a lateral ventricle; bright on FLAIR and T2 like edema,
      hypointense on T1 and not enhancing on T1ce.
 
-   Enhancing distractors are about as bright on T1ce as the enhancing rim (vessels brighter, dura
-   a little darker), so T1ce brightness alone cannot tell them from tumour; their shape and context
+   Enhancing distractors are about as bright on T1ce as the enhancing rim (relative means: vessels
+   and choroid plexus 1.9, dura 1.75, rim 1.6; partial volume dims thin structures most), so T1ce
+   brightness alone cannot tell them from tumour; their shape and context
    can (tubes, sheets, intraventricular blobs; no FLAIR edema, no necrotic centre). Tubes and sheets
    are at least :data:`MIN_DISTRACTOR_THICKNESS_VOXELS` voxels thick and blobs
    :data:`MIN_LESION_DIAMETER_VOXELS` voxels across, so coarse grids keep them (the millimetre
@@ -55,10 +57,10 @@ How a subject is made:
    ``dataset_info.json`` records the settings, the missing labels, the number of tumours and the
    distractor voxel counts per case.
 
-Grids coarser than 5 mm (``size`` < 47) cannot show a 5-15 mm core with a rim around a necrosis:
-there a metastasis core is drawn 2.5 voxels across and is at most 3 voxels across as drawn, fewer
-than two metastases may fit the 2 % budget, and the ventricles are so small that a glioma may leave
-no room for choroid plexus.
+Grids coarser than 5 mm (``size`` < 47) have no room for a 15 mm core with a rim around a
+necrosis: there a metastasis core is drawn 2.5 voxels across and may be up to 3 voxels across as
+drawn (:func:`metastasis_core_diameter_mm`), fewer than two metastases may fit the 2 % budget, and
+the ventricles are so small that a glioma may leave no room for choroid plexus.
 
 Subject ``i`` of data set ``kind`` depends only on ``(seed, kind, i, size)``: the same call writes
 byte-identical files, and a larger ``n`` only appends subjects.
