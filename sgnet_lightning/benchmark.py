@@ -11,16 +11,25 @@ A benchmark config (``experiments/benchmarks/*.yaml``)::
     seeds: [0, 1, 2, 3, 4]
     folds: null                     # or [0, 1, 2, 3, 4] for cross-validation manifests
     budget: {trainer: {max_epochs: 100}}   # merged into every run
+    primary_endpoint: {metric: dice, region: WT}   # optional; default Dice of the main region (WT)
 
 Each run writes ``<root>/<name>/<label>/seed<k>[/fold<f>]/`` (see :mod:`sgnet_lightning.experiment`);
 ``COMPLETE`` is written last, after ``results.csv`` and ``run.json``, so a killed benchmark rerun with
 the same command redoes only runs without it (resuming their training from ``last.ckpt``).
+
+Every run records its locked config (``config.lock``, :mod:`sgnet_lightning.config_lock`). A rerun
+first compares each existing run folder with the config the YAML now gives it and refuses, listing
+the changed keys per model and seed, if any differs; ``--redo-changed`` moves those folders aside
+(``<run>.replaced-<time>``) and runs them anew. ``benchmark.json`` lists the runs of the current
+config with their config hashes, and gathering (results, statistics, report) reads only those: a
+model or seed dropped from the YAML is left out, with a line saying so.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,7 @@ from tqdm import tqdm
 
 from sgnet_lightning import tracking
 from sgnet_lightning.config import deep_merge, load_config
+from sgnet_lightning.config_lock import ConfigChangedError, config_hash, lock_differences, locked_config
 from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError
 
@@ -82,32 +92,101 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / COMPLETE).is_file()
 
 
-def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[str] | None = None) -> Path:
-    """Run every missing fit + test of a benchmark; gather all per-subject results; return its folder."""
+def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[str] | None = None,
+                  redo_changed: bool = False) -> Path:
+    """Run every missing fit + test of a benchmark, gather its per-subject results; return its folder.
+
+    Before anything runs, every existing run folder of the benchmark (complete, or partial with a
+    ``last.ckpt``) is compared with the config the benchmark now gives it
+    (:mod:`sgnet_lightning.config_lock`). Any difference stops the benchmark with one message listing
+    the changed keys per model and seed, unless ``redo_changed``: then those folders are moved aside
+    to ``<run>.replaced-<time>`` (kept, never gathered) and their runs start anew.
+
+    Args:
+        path: benchmark YAML.
+        overrides: merged into the benchmark config (``--set``, ``--data``).
+        only: model labels to run now (the others' finished runs are still gathered).
+        redo_changed: move aside and redo runs made with another config.
+
+    Raises:
+        ConfigChangedError: runs made with another config, without ``redo_changed``.
+    """
     from sgnet_lightning.analysis.results import gather_results, write_results
     from sgnet_lightning.experiment import check_writable, run_test, train
 
     bench = load_benchmark(path, overrides)
     bench_dir = Path(bench["dir"])
+    unknown = sorted(set(only or []) - set(bench["models"]))
+    if unknown:
+        raise ConfigError(f"--only {', '.join(unknown)}: no such model in {path}; models: {', '.join(bench['models'])}")
     check_writable(bench_dir)
+    for run in bench["runs"]:
+        run["locked"] = locked_config(run["config"])
+    changed = _changed_runs(bench)
+    if changed and not redo_changed:
+        raise ConfigChangedError(_changed_message(bench, path, changed))
+    for run, _ in changed:
+        _move_aside(run_dir_of(bench, run))
+    _write_benchmark_json(bench)
     runs = [r for r in bench["runs"] if not only or r["label"] in only]
-    _write_benchmark_json(bench, runs)
     todo = [r for r in runs if not is_complete(run_dir_of(bench, r))]
     log.info("benchmark %s: %d runs, %d done, %d to run", bench["name"], len(runs), len(runs) - len(todo), len(todo))
     progress = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"benchmark {bench['name']}", unit="run")
     for run in todo:
         run_dir = run_dir_of(bench, run)
-        progress.set_postfix_str(f"{run['label']} seed {run['seed']}" + (f" fold {run['fold']}" if run["fold"] is not None else ""))
+        progress.set_postfix_str(_run_name(run))
         start = time.perf_counter()
         train(run["config"], run_dir=run_dir)
         run_test(run["config"], run_dir=run_dir, ckpt="best")
         _finish_run(run_dir, run, time.perf_counter() - start)
         progress.update(1)
     progress.close()
-    results = gather_results(bench_dir)
+    results = gather_results(bench_dir)  # the runs benchmark.json lists, no others
     write_results(results, bench_dir / "results.csv")
     log.info("gathered %d result rows into %s", len(results), bench_dir / "results.csv")
     return bench_dir
+
+
+def _run_name(run: dict) -> str:
+    return f"{run['label']} seed {run['seed']}" + (f" fold {run['fold']}" if run["fold"] is not None else "")
+
+
+def _changed_runs(bench: dict) -> list[tuple[dict, list[str]]]:
+    """Runs whose folder holds a finished or resumable run of another config, with the differences."""
+    changed = []
+    for run in bench["runs"]:
+        run_dir = run_dir_of(bench, run)
+        if is_complete(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file():
+            differences = lock_differences(run_dir, run["locked"])
+            if differences:
+                changed.append((run, differences))
+    return changed
+
+
+def _changed_message(bench: dict, path: str | Path, changed: list[tuple[dict, list[str]]]) -> str:
+    """One message: per model and set of changes, the seeds (and folds) it concerns."""
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for run, differences in changed:
+        where = f"{run['seed']}" + (f"/fold {run['fold']}" if run["fold"] is not None else "")
+        groups.setdefault((run["label"], tuple(differences)), []).append(where)
+    lines = [f"  {label} seed {', '.join(seeds)}: {'; '.join(differences)}"
+             for (label, differences), seeds in groups.items()]
+    return (f"benchmark {bench['name']}: {len(changed)} run(s) in {bench['dir']} were made with another config "
+            f"than {path} gives them now:\n" + "\n".join(lines) + "\nrestore the config, or rerun with "
+            "--redo-changed to move those runs aside (<run>.replaced-<time>) and run them anew")
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Rename a run folder to ``<name>.replaced-<time>`` (one atomic rename; nothing is deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{n}")
+    os.rename(run_dir, target)
+    log.warning("moved %s (made with another config) aside to %s", run_dir, target.name)
+    return target
 
 
 def _finish_run(run_dir: Path, run: dict, wall_time_s: float) -> None:
@@ -129,12 +208,35 @@ def cache_dir_for(config: dict) -> Path:
     return Path(get_dotted(config, "data.cache_root", "cache")) / settings.key()
 
 
-def _write_benchmark_json(bench: dict, runs: list[dict]) -> None:
+def primary_endpoint(bench: dict, task) -> dict[str, str]:
+    """The benchmark's ``primary_endpoint: {metric, region}``, checked; default: Dice of the task's
+    main region, the one holding every tumour label (WT)."""
+    from sgnet_lightning.evaluation import METRICS
+
+    main_region = max(task.regions, key=lambda name: len(task.regions[name]))
+    endpoint = {"metric": "dice", "region": main_region, **(bench.get("primary_endpoint") or {})}
+    if set(endpoint) != {"metric", "region"}:
+        raise ConfigError(f"primary_endpoint takes metric and region; got {', '.join(sorted(endpoint))}")
+    if endpoint["metric"] not in METRICS:
+        raise ConfigError(f"primary_endpoint.metric {endpoint['metric']!r} unknown; known: {', '.join(METRICS)}")
+    if endpoint["region"] not in task.regions:
+        raise ConfigError(f"primary_endpoint.region {endpoint['region']!r} is not a region of task {task.name} "
+                          f"({', '.join(task.regions)})")
+    return endpoint
+
+
+def _write_benchmark_json(bench: dict) -> None:
+    """``benchmark.json``: what the benchmark is (data, models, seeds, folds, budget, primary endpoint,
+    provenance) and ``runs``, every model x seed x fold of the config with its config hash: what
+    gathering, statistics and the report read."""
     from sgnet_lightning.config import get_dotted
+    from sgnet_lightning.data.labels import get_task
     from sgnet_lightning.data.manifest import Manifest
 
-    first = runs[0]["config"] if runs else {}
+    runs = bench["runs"]
+    first = runs[0]["config"]
     manifest = Manifest.load(get_dotted(first, "data.manifest"), root=get_dotted(first, "data.data_root"))
+    task = get_task(manifest.dataset, get_dotted(first, "data.task"))
     models = {}
     for run in runs:
         model = run["config"].get("model", {})
@@ -143,12 +245,15 @@ def _write_benchmark_json(bench: dict, runs: list[dict]) -> None:
     info = {
         "name": bench["name"],
         "dataset": manifest.dataset,
-        "task": get_dotted(first, "data.task"),
+        "task": task.name,
         "manifest": str(get_dotted(first, "data.manifest")),
         "cache_dir": str(cache_dir_for(first)),
         "models": models,
         "seeds": sorted({r["seed"] for r in runs}),
         "folds": sorted({r["fold"] for r in runs if r["fold"] is not None}) or None,
+        "runs": [{"model": r["label"], "seed": r["seed"], "fold": r["fold"], "config_hash": config_hash(r["locked"])}
+                 for r in runs],
+        "primary_endpoint": primary_endpoint(bench, task),
         "split": manifest.split_rule,
         "budget": bench.get("budget", {}),
         **tracking.provenance(),

@@ -13,7 +13,7 @@ def cmd_benchmark(args) -> int:
     overrides = parse_overrides(args.set or [])
     if args.data:
         overrides = deep_merge(overrides, {"budget": {"data": {"data_root": args.data}}})
-    bench_dir = run_benchmark(args.config, overrides=overrides, only=args.only)
+    bench_dir = run_benchmark(args.config, overrides=overrides, only=args.only, redo_changed=args.redo_changed)
     print(f"benchmark results: {bench_dir / 'results.csv'}")
     return 0
 
@@ -58,6 +58,9 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in the benchmark config")
     p.add_argument("--data", help="folder of the real data set (overrides the manifest's root)")
     p.add_argument("--only", nargs="*", help="model labels to run")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="runs made with another config than the YAML now gives: move them aside "
+                        "(<run>.replaced-<time>) and run them anew (default: refuse, listing the changes)")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("stats", help="paired statistics over a benchmark's per-subject results")

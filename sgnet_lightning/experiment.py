@@ -7,11 +7,12 @@ DataModule and trainer; this module adds the run folder, checkpoints, loggers an
 Run folder (``run.root/run.name/<network>/<dataset>/seed<k>[/fold<f>]`` unless given)::
 
     config.yaml            resolved config as run
-    run.json               provenance (versions, commit, hardware) and timings
+    config.lock            the locked config and its hash (sgnet_lightning.config_lock)
+    run.json               provenance (versions, commit, hardware), config_hash and timings
     checkpoints/best.ckpt  best by validation Dice;  checkpoints/last.ckpt  for resuming
     logs/metrics.csv       CSV log (source of truth); wandb/ when W&B is on (offline by default)
-    results.csv            per-subject test results (written atomically, last)
-    predictions/<subject>.npz   test predictions on the cached grid
+    results.csv            per-subject test results on each subject's original grid (written atomically, last)
+    predictions/<subject>.npz   test predictions on the cached grid (for the report's figures)
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import yaml
 
 from sgnet_lightning import tracking
 from sgnet_lightning.config import get_dotted
+from sgnet_lightning.config_lock import ConfigChangedError, lock_differences, locked_config, write_lock
 from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 
 log = logging.getLogger(__name__)
+
 
 SUITE_KEYS = ("run",)  # top-level config sections the suite handles itself, not LightningCLI
 BEST_CKPT, LAST_CKPT = "best.ckpt", "last.ckpt"
@@ -126,22 +129,34 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
     """Fit one model; return its final and best validation metrics.
 
     Resumes from ``checkpoints/last.ckpt`` when it exists (``run.resume``, default True), so a killed
-    run continues where it stopped and ends as an uninterrupted one would.
+    run continues where it stopped and ends as an uninterrupted one would; but only when the folder's
+    ``config.lock`` records this config (:mod:`sgnet_lightning.config_lock`), else
+    :class:`ConfigChangedError` lists the changed keys. The lock is (re)written before training.
 
     Returns:
         e.g. ``{"val/dice": ..., "val/loss": ..., "best_val_dice": ..., "epochs": ..., "steps": ...}``.
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     check_writable(run_dir)
-    module, datamodule, trainer = build(config, run_dir, callbacks, overrides)
     resume = get_dotted(config, "run.resume", True) if resume is None else resume
     last = run_dir / "checkpoints" / LAST_CKPT
     ckpt_path = str(last) if resume and last.is_file() else None
+    locked = locked_config(config)
+    if overrides:  # LightningCLI flags given beside the config change the run as much as the config
+        locked["cli_overrides"] = list(overrides)
+    if ckpt_path:  # before build(), which writes this config into the folder
+        changes = lock_differences(run_dir, locked)
+        if changes:
+            raise ConfigChangedError(
+                f"{run_dir} holds a run trained with another config, so it does not resume: {'; '.join(changes)} "
+                "(restore the config, or set run.resume=false to train anew in this folder)"
+            )
+    module, datamodule, trainer = build(config, run_dir, callbacks, overrides)
     if ckpt_path:
         log.info("resuming %s from %s", run_dir, last)
-    if ckpt_path:
         _keep_training_log(trainer, Path(ckpt_path))
-    _write_run_json(run_dir, **tracking.provenance(), network=module.hparams.network,
+    _write_run_json(run_dir, config_hash=write_lock(run_dir, locked), **tracking.provenance(),
+                    network=module.hparams.network,
                     n_parameters=sum(p.numel() for p in module.net.parameters()),
                     deterministic=bool(get_dotted(config, "trainer.deterministic", False)))
     start = time.perf_counter()
@@ -237,6 +252,10 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
              overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
     metric) atomically and return it.
+
+    Each prediction is put back on its subject's original grid and scored there against the
+    original reference file, by the code ``sgnet evaluate`` runs (see ``SegmentationModule.test_step``):
+    ``sgnet evaluate`` on ``predictions_nifti/`` gives the same rows.
 
     Args:
         ckpt: ``"best"``, ``"last"`` or a checkpoint path.

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from sgnet_lightning.evaluation.metrics import dice_per_channel
+from sgnet_lightning.evaluation.metrics import consolidate_regions, dice_per_channel
 from sgnet_lightning.inference import SlidingWindow, sliding_window_predict
 from sgnet_lightning.losses import AttentionSupervisionLoss, DiceBCELoss
 from sgnet_lightning.models import create_model
@@ -122,8 +122,12 @@ class SegmentationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         probabilities = self.predict_volume(batch["image"])["probabilities"]
         loss = self.loss(torch.logit(probabilities.clamp(1e-6, 1 - 1e-6)), batch["target"])
-        dice = dice_per_channel(probabilities > self.hparams.threshold, batch["target"] > 0.5)  # (B, R)
-        names = self.trainer.datamodule.task.region_names if self._has_datamodule() else None
+        pred = probabilities > self.hparams.threshold
+        task = self.trainer.datamodule.task if self._has_datamodule() else None
+        if task is not None:  # the regions of the label map that test scores, not the raw channels
+            pred = consolidate_regions(pred, task)
+        dice = dice_per_channel(pred, batch["target"] > 0.5)  # (B, R), on the cached grid (fast)
+        names = task.region_names if task is not None else None
         self.log("val/loss", loss, batch_size=1, sync_dist=True)
         self.log("val/dice", dice.mean(), prog_bar=True, batch_size=1, sync_dist=True)
         for r in range(dice.shape[1]):
@@ -139,8 +143,14 @@ class SegmentationModule(pl.LightningModule):
         self.test_inference_seconds: list[float] = []
 
     def test_step(self, batch, batch_idx):
+        """Predict one cached volume, put the label map back on the subject's original grid and
+        score it there against the original reference file, by the code ``sgnet evaluate`` runs
+        on a written NIfTI file (so both give the same numbers for one prediction)."""
+        from sgnet_lightning.data.cache import read_meta
         from sgnet_lightning.data.labels import regions_to_label_map
-        from sgnet_lightning.evaluation.evaluate import evaluate_case
+        from sgnet_lightning.evaluation.evaluate import score_prediction
+        from sgnet_lightning.evaluation.references import read_reference
+        from sgnet_lightning.predict import native_image, write_image
 
         datamodule = self.trainer.datamodule
         task = datamodule.task
@@ -151,18 +161,17 @@ class SegmentationModule(pl.LightningModule):
         self.test_inference_seconds.append(time.perf_counter() - start)
         pred = (maps["probabilities"][0] > self.hparams.threshold).cpu().numpy()  # (R, X, Y, Z)
         subject = batch["subject"][0]
-        spacing = tuple(float(s) for s in batch["spacing_mm"][0])
-        reference = batch["label_map"][0].cpu().numpy()
-        rows = evaluate_case(regions_to_label_map(pred, task), reference, task, spacing, **self.test_metric_options)
+        native = native_image(regions_to_label_map(pred, task), read_meta(datamodule.cache_dir / subject))
+        nifti_file = self.nifti_dir / f"{subject}.nii.gz" if self.nifti_dir is not None else None
+        reference = read_reference(task.dataset, datamodule.manifest.record(subject))
+        rows = score_prediction(subject, np.asarray(native.dataobj), native.affine,
+                                nifti_file or "test prediction (not written)", reference, task,
+                                **self.test_metric_options)
         self.test_rows.extend({"subject": subject, **row} for row in rows)
         if self.prediction_dir is not None:
             save_prediction(self.prediction_dir, subject, pred, maps)
-        if self.nifti_dir is not None:
-            from sgnet_lightning.data.cache import read_meta
-            from sgnet_lightning.predict import save_native
-
-            meta = read_meta(datamodule.cache_dir / subject)
-            save_native(regions_to_label_map(pred, task), meta, self.nifti_dir / f"{subject}.nii.gz")
+        if nifti_file is not None:
+            write_image(native, nifti_file)
 
     # set by sgnet_lightning.experiment.run_test before trainer.test
     prediction_dir = None  # predictions on the cached grid (.npz), for the report

@@ -31,8 +31,11 @@ def load_trained(ckpt: str | Path, device: str | torch.device = "cpu"):
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise SgnetError(f"checkpoint not found: {ckpt}")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if "sgnet_data" not in checkpoint:
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a damaged file
+        raise SgnetError(f"{ckpt}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "sgnet_data" not in checkpoint:
         raise SgnetError(f"{ckpt} was not written by `sgnet fit` (no data description inside)")
     module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu")
     return module.to(device).eval(), checkpoint["sgnet_data"]
@@ -76,7 +79,7 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
     reference modality's original grid) and, on request, ``<subject>_probabilities.nii.gz``
     (4D, one volume per region) and ``<subject>_attention.nii.gz`` / ``<subject>_gate.nii.gz``.
     """
-    from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images, to_native
+    from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images
     from sgnet_lightning.data.sources import get_source
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,30 +101,41 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
         maps = module.predict_volume(batch, with_maps=write_maps)
         probabilities = maps["probabilities"][0].cpu().numpy()
         label_map = regions_to_label_map(probabilities > module.hparams.threshold, task)
-        written.append(_save(to_native(label_map, meta, "nearest"), out_dir / f"{subject}.nii.gz", np.uint8))
+        written.append(save_native(label_map, meta, out_dir / f"{subject}.nii.gz"))
         if write_probabilities:
-            _save(to_native(probabilities, meta, "linear"), out_dir / f"{subject}_probabilities.nii.gz", np.float32)
+            save_native(probabilities, meta, out_dir / f"{subject}_probabilities.nii.gz", "linear")
         for key in ("attention", "gate") if write_maps else ():
             if key in maps:
                 volume = maps[key][0].float().cpu().numpy()
-                _save(to_native(volume, meta, "linear"), out_dir / f"{subject}_{key}.nii.gz", np.float32)
+                save_native(volume, meta, out_dir / f"{subject}_{key}.nii.gz", "linear")
     return written
+
+
+def native_image(volume: np.ndarray, meta: dict, interpolation: str = "nearest") -> nib.Nifti1Image:
+    """A volume on the cached grid put back on the subject's original grid, as it is written: a
+    uint8 label map (``nearest``) or float32 maps (``linear``); see
+    :func:`~sgnet_lightning.data.preprocess.to_native`. ``sgnet test`` scores this image."""
+    from sgnet_lightning.data.preprocess import to_native
+
+    return _as_written(to_native(volume, meta, interpolation), np.uint8 if interpolation == "nearest" else np.float32)
 
 
 def save_native(volume: np.ndarray, meta: dict, path: Path, interpolation: str = "nearest") -> Path:
     """Put a volume on the cached grid back on the subject's original grid and write it as NIfTI."""
-    from sgnet_lightning.data.preprocess import to_native
-
-    dtype = np.uint8 if interpolation == "nearest" else np.float32
-    return _save(to_native(volume, meta, interpolation), path, dtype)
+    return write_image(native_image(volume, meta, interpolation), path)
 
 
-def _save(image: nib.Nifti1Image, path: Path, dtype) -> Path:
-    """Write ``image`` with ``dtype`` atomically (temporary name, then rename)."""
+def _as_written(image: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
+    """``image`` with ``dtype`` data and its affine as both qform and sform."""
     out = nib.Nifti1Image(np.asarray(image.dataobj).astype(dtype), image.affine)
     out.set_qform(image.affine, code=1)
     out.set_sform(image.affine, code=1)
-    atomic_write_bytes(path, out.to_bytes() if not str(path).endswith(".gz") else _gzip(out.to_bytes()))
+    return out
+
+
+def write_image(image: nib.Nifti1Image, path: Path) -> Path:
+    """Write ``image`` atomically (temporary name, then rename); gzipped for ``.nii.gz``."""
+    atomic_write_bytes(path, image.to_bytes() if not str(path).endswith(".gz") else _gzip(image.to_bytes()))
     return path
 
 

@@ -19,6 +19,7 @@ Subject s004 has no ET at all, so ET there is a both-empty case for models that 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,11 @@ def _scores(pred: np.ndarray, ref: np.ndarray) -> tuple[dict[str, float], str]:
     }, "both_present"
 
 
+def _config_hash(model: str, seed: int) -> str:
+    """A stand-in for the hash of a run's locked config (one per model and seed, as real ones are)."""
+    return hashlib.sha256(f"{model}/{seed}".encode()).hexdigest()
+
+
 def write_fake_benchmark(
     root: str | Path,
     n_subjects: int = 5,
@@ -123,19 +129,21 @@ def write_fake_benchmark(
         write_cached_subject(cache_dir / subject, image, label, meta)
         references[subject] = label
 
+    runs = [(m, s, True) for m in models for s in seeds]
+    if with_incomplete_run:  # still running: listed by the benchmark, not complete
+        runs.append((models[0], max(seeds) + 1, False))
     atomic_write_json(bench / "benchmark.json", {
         "name": "fake", "dataset": "brats2023", "task": "regions", "manifest": "manifest.csv",
         "cache_dir": str(cache_dir),
         "models": {m: {"network": MODELS[m]["network"], "options": MODELS[m]["options"]} for m in models},
         "seeds": list(seeds), "folds": None,
+        "runs": [{"model": m, "seed": s, "fold": None, "config_hash": _config_hash(m, s)} for m, s, _ in runs],
+        "primary_endpoint": {"metric": "dice", "region": "WT"},
         "split": {"kind": "fixed", "test": subjects},
         "commit": "0123abc", "versions": {"torch": "2.13.0", "monai": "1.6.1"},
         "hardware": {"gpu": "none (fake)", "cpus": 2},
     })  # fmt: skip
 
-    runs = [(m, s, True) for m in models for s in seeds]
-    if with_incomplete_run:
-        runs.append((models[0], max(seeds) + 1, False))
     for model, seed, complete in runs:
         run_dir = bench / model / f"seed{seed}"
         rng = np.random.default_rng([seed, list(MODELS).index(model)])
@@ -159,7 +167,8 @@ def write_fake_benchmark(
         (run_dir / "results.csv").write_text("\n".join(rows) + "\n")
         atomic_write_json(run_dir / "run.json", {
             "model": model, "network": MODELS[model]["network"], "options": MODELS[model]["options"],
-            "seed": seed, "fold": None, "n_parameters": MODELS[model]["n_parameters"],
+            "seed": seed, "fold": None, "config_hash": _config_hash(model, seed),
+            "n_parameters": MODELS[model]["n_parameters"],
             "train_time_s": 600.0 + 10 * seed, "inference_time_s_per_volume": 0.5 + 0.01 * seed,
             "peak_memory_mb": 1024.0, "deterministic": True, "device": "cpu",
             "versions": {"torch": "2.13.0"}, "commit": "0123abc", "complete": complete,

@@ -279,19 +279,39 @@ def test_best_of_a_pareto_front_by_rule_or_index(tmp_path):
         choose_trial(single, pareto_index=0)
 
 
-def test_a_study_refuses_trials_from_another_space(tmp_path):
+def test_a_study_refuses_trials_from_another_space_or_budget(tmp_path):
     from sgnet_lightning.sweeps import run_sweep
 
     storage = str(tmp_path / "s.journal")
     gate = load_space(space_variant(TINY_GATE, tmp_path))
     run_sweep(gate, "mine", storage=storage, n_trials=0, runs_root=tmp_path)  # creates the study, runs nothing
     run_sweep(gate, "mine", storage=storage, n_trials=0, runs_root=tmp_path)  # the same space may attach again
+    # where the data lie on a worker's machine is no part of the space
+    elsewhere = load_space(space_variant(TINY_GATE, tmp_path), overrides={"data": {"data_root": "/data/elsewhere"}})
+    run_sweep(elsewhere, "mine", storage=storage, n_trials=0, runs_root=tmp_path)
+
+    fixed = yaml.safe_load(TINY_GATE.read_text())["fixed"]
+    longer = load_space(space_variant(TINY_GATE, tmp_path, fixed={**fixed, "trainer": {**fixed["trainer"], "max_epochs": 3}}))
+    with pytest.raises(ConfigError, match=r"another search space or budget: config\.trainer\.max_epochs: 2 -> 3; "
+                                          r"use another --study name"):
+        run_sweep(longer, "mine", storage=storage, n_trials=0, runs_root=tmp_path)
     other_seeds = load_space(space_variant(TINY_GATE, tmp_path, seeds=[5]))
-    with pytest.raises(ConfigError, match="with other seeds; use another --study name"):
+    with pytest.raises(ConfigError, match=r"seeds: \[0, 1\] -> \[5\]; use another --study name"):
         run_sweep(other_seeds, "mine", storage=storage, n_trials=0, runs_root=tmp_path)
+    narrower = load_space(space_variant(TINY_GATE, tmp_path, parameters={
+        GATE: {"type": "float", "low": 0.2, "high": 0.95},
+        "model.network_options.gate_mode": {"type": "categorical", "choices": ["hard", "soft"]}}))
+    with pytest.raises(ConfigError, match=r"parameters\.model\.network_options\.gate_threshold\.low: 0\.05 -> 0\.2;"):
+        run_sweep(narrower, "mine", storage=storage, n_trials=0, runs_root=tmp_path)
     with pytest.raises(ConfigError, match="use another --study name"):
         run_sweep(load_space(space_variant(TINY_PARETO, tmp_path)), "mine", storage=storage, n_trials=0,
                   runs_root=tmp_path)
+
+    # a study recorded before spaces were locked cannot be checked: refused, not adopted
+    old = optuna.create_study(study_name="old", storage=open_storage(storage), direction="maximize")
+    old.set_user_attr("space", gate.to_record())
+    with pytest.raises(ConfigError, match="made before studies recorded their search space and budget"):
+        run_sweep(gate, "old", storage=storage, n_trials=0, runs_root=tmp_path)
 
 
 def test_worker_stops_after_repeated_failures(tmp_path, monkeypatch):

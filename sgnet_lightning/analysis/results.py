@@ -6,7 +6,10 @@ A benchmark folder (written by the benchmark runner) holds one folder per run::
     <bench>/<model_label>/seed<k>/[fold<f>/]run.json, results.csv, predictions/, COMPLETE
 
 A run counts only once its ``COMPLETE`` marker exists (the runner writes it last); runs without it
-(still training, or killed) are skipped and counted in a logged warning, never half-read.
+(still training, or killed) are skipped and counted in a logged warning, never half-read. Where
+``benchmark.json`` lists the benchmark's runs (``runs``: model, seed, fold, config_hash), only
+those are read, and each must carry that config hash in its ``run.json``: folders of models or seeds
+dropped from the benchmark's config are left out with a logged line.
 
 The gathered table has one row per model x seed x fold x subject x region x metric:
 
@@ -79,11 +82,39 @@ def read_benchmark(bench_dir: str | os.PathLike) -> dict:
         raise DataError("?", path, f"invalid JSON ({err})") from None
 
 
+def listed_runs(bench_dir: str | os.PathLike) -> dict[tuple[str, int, int | None], str | None] | None:
+    """The runs ``benchmark.json`` lists, ``(model, seed, fold) -> config_hash`` (None where not
+    recorded); None when it lists none (written by hand or by an older version: every run folder
+    then counts)."""
+    if not (Path(bench_dir) / BENCHMARK_FILE).is_file():
+        return None
+    listed = read_benchmark(bench_dir).get("runs")
+    if listed is None:
+        return None
+    return {(str(r["model"]), int(r["seed"]), None if r.get("fold") is None else int(r["fold"])): r.get("config_hash")
+            for r in listed}
+
+
 def find_runs(bench_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
-    """All run folders of a benchmark, split into (complete, incomplete), each sorted by
-    model, seed and fold. Folders that do not follow the ``<model>/seed<k>[/fold<f>]`` layout
-    (a report folder, for instance) are not runs and are left alone."""
-    bench_dir = Path(bench_dir)
+    """The run folders of a benchmark's current runs (those ``benchmark.json`` lists), split into
+    (complete, incomplete), each sorted by model, seed and fold. Folders that do not follow the
+    ``<model>/seed<k>[/fold<f>]`` layout (a report folder, a run moved aside as
+    ``seed0.replaced-<time>``) are not runs and are left alone."""
+    runs, _ = _current_and_left_out(bench_dir)
+    return [r for r in runs if r.complete], [r for r in runs if not r.complete]
+
+
+def _current_and_left_out(bench_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]:
+    """Every run folder, split into those ``benchmark.json`` lists and the others."""
+    runs = _run_folders(Path(bench_dir))
+    listed = listed_runs(bench_dir)
+    if listed is None:
+        return runs, []
+    return ([r for r in runs if (r.model, r.seed, r.fold) in listed],
+            [r for r in runs if (r.model, r.seed, r.fold) not in listed])
+
+
+def _run_folders(bench_dir: Path) -> list[RunDir]:
     runs: list[RunDir] = []
     for model_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
         for seed_dir in model_dir.iterdir():
@@ -98,16 +129,26 @@ def find_runs(bench_dir: str | os.PathLike) -> tuple[list[RunDir], list[RunDir]]
             ]
             if fold_dirs:
                 runs += [RunDir(path, model_dir.name, seed, fold) for path, fold in fold_dirs]
-            else:
-                runs.append(RunDir(seed_dir, model_dir.name, seed, None))
+            elif not any(p.is_dir() and p.name.startswith("fold") for p in seed_dir.iterdir()):
+                runs.append(RunDir(seed_dir, model_dir.name, seed, None))  # (not: only moved-aside folds)
     runs.sort(key=lambda r: (r.model, r.seed, -1 if r.fold is None else r.fold))
-    return [r for r in runs if r.complete], [r for r in runs if not r.complete]
+    return runs
 
 
 def complete_runs(bench_dir: str | os.PathLike) -> list[RunDir]:
-    """The complete runs; logs one warning naming the incomplete ones it ignores."""
+    """The complete current runs; logs one line naming the run folders the benchmark no longer
+    lists (models, seeds or folds dropped from its config) and one naming the incomplete ones."""
     bench_dir = Path(bench_dir)
-    complete, incomplete = find_runs(bench_dir)
+    current, left_out = _current_and_left_out(bench_dir)
+    if left_out:
+        logger.warning(
+            "left out %d run folder(s) of %s that its current config does not list (models, seeds or folds "
+            "no longer in it): %s",
+            len(left_out),
+            bench_dir,
+            ", ".join(str(r.path.relative_to(bench_dir)) for r in left_out),
+        )
+    complete, incomplete = [r for r in current if r.complete], [r for r in current if not r.complete]
     if incomplete:
         logger.warning(
             "ignored %d incomplete run(s) of %s (no %s marker): %s",
@@ -198,9 +239,15 @@ def gather_results(bench_dir: str | os.PathLike) -> pd.DataFrame:
     runs = complete_runs(bench_dir)
     if not runs:
         raise DataError("?", bench_dir, "no complete run (no COMPLETE marker in any run folder)")
+    listed = listed_runs(bench_dir) or {}
     tables = []
     for run in runs:
-        read_run_info(run)  # the folder and run.json must agree before its numbers are used
+        info = read_run_info(run)  # the folder and run.json must agree before its numbers are used
+        expected = listed.get((run.model, run.seed, run.fold))
+        if expected is not None and info.get("config_hash") != expected:
+            raise DataError("?", run.path / RUN_FILE, f"made with config {str(info.get('config_hash'))[:12]}, but "
+                            f"the benchmark lists {expected[:12]} for this run: rerun `sgnet benchmark`, which "
+                            "names the changed keys")
         tables.append(_read_run_results(run))
     return _normalise(pd.concat(tables, ignore_index=True))
 

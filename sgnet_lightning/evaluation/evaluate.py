@@ -330,11 +330,43 @@ def _evaluate_subject(
 ) -> list[dict]:
     reference = load_reference()
     pred, pred_image = _read_label_map(subject, pred_file)
+    return score_prediction(subject, pred, pred_image.affine, pred_file, reference, task,
+                            grid_atol_mm=grid_atol_mm, **case_options)
+
+
+def score_prediction(
+    subject: str,
+    pred: np.ndarray,
+    pred_affine: np.ndarray,
+    pred_file: str | Path,
+    reference: Reference,
+    task: Task,
+    *,
+    grid_atol_mm: float = GRID_ATOL_MM,
+    **case_options,
+) -> list[dict]:
+    """Score one subject's prediction on its reference's grid: check that both share one grid and
+    hold only the data set's labels, then :func:`evaluate_case` at the reference's voxel spacing.
+
+    ``sgnet evaluate`` calls it for each file it reads, and ``sgnet test`` for each prediction it
+    has put back on the subject's original grid, so a test score is what ``evaluate`` recomputes from
+    the written NIfTI.
+
+    Args:
+        pred: (X, Y, Z) uint8 label map; pred_affine: its (4, 4) voxel-to-world matrix (mm).
+        pred_file: where the prediction is (or will be) written, for messages.
+        reference: the subject's reference (:class:`Reference`).
+        grid_atol_mm: largest affine difference (mm) still accepted as one grid.
+        case_options: keyword options of :func:`evaluate_case`.
+
+    Raises:
+        DataError: naming the subject and file, for another grid or unknown label values.
+    """
     problems = []
     if pred.shape != reference.label_map.shape:
         problems.append(f"shape {pred.shape} vs {reference.label_map.shape}")
-    elif not np.allclose(pred_image.affine, reference.affine, rtol=0.0, atol=grid_atol_mm):
-        difference = np.abs(pred_image.affine - np.asarray(reference.affine)).max()
+    elif not np.allclose(pred_affine, reference.affine, rtol=0.0, atol=grid_atol_mm):
+        difference = np.abs(np.asarray(pred_affine) - np.asarray(reference.affine)).max()
         problems.append(f"affine differs by up to {difference:.4g} mm (tolerance {grid_atol_mm:g})")
     if problems:
         raise DataError(

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from sgnet_lightning.data.labels import Task, label_map_to_masks, regions_to_label_map
 from sgnet_lightning.evaluation.surface import (
     assd_mm,
     check_spacing,
@@ -130,3 +131,22 @@ def dice_per_channel(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     overlap = (pred & ref).sum(dim=spatial).float()
     total = (pred.sum(dim=spatial) + ref.sum(dim=spatial)).float()
     return torch.where(total > 0, 2.0 * overlap / total.clamp_min(1.0), torch.ones_like(total))
+
+
+def consolidate_regions(pred_regions: torch.Tensor, task: Task) -> torch.Tensor:
+    """Predicted region masks as ``sgnet test``, ``predict`` and ``evaluate`` see them: the regions
+    of the one label map made from them.
+
+    Region channels are thresholded independently and may disagree (an ET voxel outside WT); the
+    suite writes and scores one label map (:func:`~sgnet_lightning.data.labels.regions_to_label_map`),
+    whose regions are then taken again. Validation Dice goes through the same step, so the
+    checkpoint chosen by validation Dice and the sweeps' pruning see the test's consolidation.
+
+    Args:
+        pred_regions: (B, R, X, Y, Z) bool, R = ``len(task.regions)``.
+
+    Returns:
+        (B, R, X, Y, Z) bool on the input's device.
+    """
+    masks = [label_map_to_masks(regions_to_label_map(item, task), task.regions) for item in pred_regions.cpu().numpy()]
+    return torch.from_numpy(np.stack(masks)).to(pred_regions.device)

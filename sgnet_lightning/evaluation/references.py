@@ -17,7 +17,10 @@ from sgnet_lightning.errors import DataError
 from sgnet_lightning.evaluation.evaluate import Reference, nifti_references
 
 
-def _read_reference(dataset: str, record: SubjectRecord) -> Reference:
+def read_reference(dataset: str, record: SubjectRecord) -> Reference:
+    """One subject's canonical reference label map on its reference modality's own grid, read with
+    the data set's reader (``bml``: ``whole_seg`` and ``core_seg`` merged, each resampled onto the
+    T1ce grid by world position); ``sgnet evaluate`` and ``sgnet test`` score against it."""
     source = get_source(dataset)
     reference_file = record.images[source.reference_modality]
     reference = load_nifti(reference_file, record.subject, source.reference_modality)
@@ -33,4 +36,4 @@ def dataset_references(dataset: str, ref_dir: Path) -> dict[str, Callable[[], Re
         records = get_source(dataset).discover(ref_dir)
     except DataError:
         return nifti_references(Path(ref_dir))
-    return {r.subject: partial(_read_reference, dataset, r) for r in records if r.labels}
+    return {r.subject: partial(read_reference, dataset, r) for r in records if r.labels}

@@ -6,6 +6,10 @@ Trial folders: ``<runs_root>/<study>/trial<N>/seed<k>/`` (an ordinary run folder
 scores the objective was computed from. A retry of a trial whose worker died continues in the
 first attempt's folder, from its last checkpoint.
 
+Study attributes written (``study.user_attrs``): ``space`` (the space's record, for ``sweep best``
+and ``report``) and ``space_lock`` (:func:`space_lock` and its hash): a rerun or another worker with
+another space or budget is refused, with the changed keys listed.
+
 Trial attributes written (``study.trials[i].user_attrs``): ``config_values`` (dotted key -> value
 applied), ``seed<k>/<objective>`` per-seed scores, ``run_dir``, ``worker`` (host:pid), and for a
 failed trial ``error`` (exception type and message).
@@ -14,6 +18,8 @@ failed trial ``error`` (exception type and message).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -27,6 +33,7 @@ import optuna
 import pandas as pd
 
 from sgnet_lightning.config import get_dotted, set_dotted
+from sgnet_lightning.config_lock import ConfigChangedError, changed_keys, config_hash, locked_config
 from sgnet_lightning.data.cache import atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 from sgnet_lightning.sweeps.space import Objective, SearchSpace
@@ -34,6 +41,7 @@ from sgnet_lightning.sweeps.storage import default_storage, is_url, open_storage
 
 log = logging.getLogger(__name__)
 
+SPACE_LOCK = "space_lock"  # study user attribute: {"hash", "lock": space_lock(space)}
 VALIDATION_RESULTS = "validation_results.csv"  # per-subject validation scores of a trial's seed
 PRUNING_MONITOR = "val/dice"  # reported to the pruner after every validation epoch of a trial's first seed
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -66,7 +74,7 @@ def run_sweep(space: SearchSpace, study_name: str, storage: str | None = None, n
             in a row (a broken setup should not spin through the whole budget).
 
     Raises:
-        ConfigError: the study exists with another search space or other directions.
+        ConfigChangedError: the study exists with another search space, budget, objectives or seeds.
         SgnetError: ``max_consecutive_failures`` trials in a row failed.
     """
     runs_root = Path(runs_root)
@@ -122,19 +130,39 @@ def load_study(study_name: str, storage: str) -> optuna.Study:
                           f"studies there: {', '.join(names) or '(none)'}") from None
 
 
+def space_lock(space: SearchSpace) -> dict[str, Any]:
+    """What every trial of a study depends on besides its own parameter values: the locked
+    experiment config with the space's ``fixed`` budget merged in (:mod:`sgnet_lightning.config_lock`;
+    tuned keys and the seed are set per trial and left out), the parameters' distributions, the
+    objectives and the seeds. The sampler and pruner only decide which points are tried and are
+    left out."""
+    tuned = tuple(p.key for p in space.parameters)
+    return {
+        "config": locked_config(space.base_config, drop=(*tuned, "seed_everything")),
+        "parameters": json.loads(json.dumps({p.key: {k: v for k, v in dataclasses.asdict(p).items() if k != "key"}
+                                             for p in space.parameters})),
+        "objectives": {o.label: o.direction for o in space.objectives},
+        "seeds": list(space.seeds),
+    }
+
+
 def _claim_or_check(study: optuna.Study, space: SearchSpace, storage: str) -> None:
-    """Record the space with a new study; refuse to add trials of another space to an existing one."""
-    recorded = study.user_attrs.get("space")
-    if recorded is None:
+    """Record the space and its lock with a new study; refuse to add trials of another space or
+    budget to an existing one, listing the changed keys."""
+    mine = space_lock(space)
+    if "space" not in study.user_attrs:
         study.set_user_attr("space", space.to_record())
+        study.set_user_attr(SPACE_LOCK, {"hash": config_hash(mine), "lock": mine})
         return
-    mine = space.identity()
-    differences = [key for key in mine if recorded.get(key) != mine[key]]
-    if differences or [d.name.lower() for d in study.directions] != space.directions:
-        raise ConfigError(
-            f"study {study.study_name!r} in {safe_url(storage)} was created from {recorded.get('space_file')} "
-            f"with other {', '.join(differences) or 'directions'}; use another --study name"
-        )
+    recorded = study.user_attrs.get(SPACE_LOCK)
+    where = f"study {study.study_name!r} in {safe_url(storage)}"
+    if recorded is None:
+        raise ConfigChangedError(f"{where} was made before studies recorded their search space and budget, so "
+                                 "its trials cannot be checked against this space; use another --study name")
+    if recorded["hash"] != config_hash(mine):
+        made_from = study.user_attrs["space"].get("space_file")
+        raise ConfigChangedError(f"{where} was made from {made_from} with another search space or budget: "
+                                 f"{'; '.join(changed_keys(recorded['lock'], mine))}; use another --study name")
 
 
 class _StopAfterRepeatedFailures:
