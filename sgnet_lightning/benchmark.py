@@ -210,15 +210,17 @@ def cache_dir_for(config: dict) -> Path:
 
 def primary_endpoint(bench: dict, task) -> dict[str, str]:
     """The benchmark's ``primary_endpoint: {metric, region}``, checked; default: Dice of the task's
-    main region, the one holding every tumour label (WT)."""
+    main region (``Task.main_region``, WT), as ``sgnet stats`` assumes without one."""
+    from sgnet_lightning.analysis.stats import metric_direction
     from sgnet_lightning.evaluation import METRICS
 
-    main_region = max(task.regions, key=lambda name: len(task.regions[name]))
-    endpoint = {"metric": "dice", "region": main_region, **(bench.get("primary_endpoint") or {})}
+    endpoint = {"metric": "dice", "region": task.main_region, **(bench.get("primary_endpoint") or {})}
     if set(endpoint) != {"metric", "region"}:
         raise ConfigError(f"primary_endpoint takes metric and region; got {', '.join(sorted(endpoint))}")
     if endpoint["metric"] not in METRICS:
         raise ConfigError(f"primary_endpoint.metric {endpoint['metric']!r} unknown; known: {', '.join(METRICS)}")
+    if metric_direction(endpoint["metric"]) is None:
+        raise ConfigError(f"primary_endpoint.metric {endpoint['metric']}: a volume has no better or worse")
     if endpoint["region"] not in task.regions:
         raise ConfigError(f"primary_endpoint.region {endpoint['region']!r} is not a region of task {task.name} "
                           f"({', '.join(task.regions)})")

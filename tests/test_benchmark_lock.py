@@ -17,9 +17,11 @@ from conftest import tiny_config
 
 from sgnet_lightning import cli
 from sgnet_lightning.analysis.results import gather_results, load_results
+from sgnet_lightning.benchmark import primary_endpoint
 from sgnet_lightning.config_lock import ConfigChangedError, changed_keys, config_hash, locked_config, read_lock
+from sgnet_lightning.data.labels import get_task
 from sgnet_lightning.data.manifest import make_manifest
-from sgnet_lightning.errors import DataError
+from sgnet_lightning.errors import ConfigError, DataError
 from sgnet_lightning.experiment import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +90,19 @@ def test_gathering_reads_only_the_runs_the_benchmark_lists(tmp_path, caplog):
     with pytest.raises(DataError, match=r"sgnet/seed1/run.json.*made with config 000000000000, but the benchmark "
                                         r"lists"):
         gather_results(bench)
+
+
+def test_primary_endpoint_is_declared_or_dice_of_the_main_region_and_checked():
+    task = get_task("brats2023", "regions")
+    assert primary_endpoint({}, task) == {"metric": "dice", "region": "WT"}
+    assert primary_endpoint({"primary_endpoint": {"metric": "lesion_f1", "region": "ET"}}, task) == {
+        "metric": "lesion_f1", "region": "ET"}
+    for declared, message in (({"metric": "hd95", "region": "ET"}, "'hd95' unknown"),
+                              ({"metric": "volume_pred_ml", "region": "ET"}, "a volume has no better or worse"),
+                              ({"metric": "dice", "region": "WT1"}, "'WT1' is not a region of task regions"),
+                              ({"metric": "dice", "region": "ET", "family": 1}, "takes metric and region")):
+        with pytest.raises(ConfigError, match=message):
+            primary_endpoint({"primary_endpoint": declared}, task)
 
 
 def _bench_yaml(path: Path, experiment: Path, models: dict) -> Path:
