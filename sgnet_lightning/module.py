@@ -7,7 +7,8 @@ sliding-window inference in ``sgnet_lightning.inference``.
 
 Batches (built by :class:`~sgnet_lightning.data.datamodule.SegmentationDataModule`):
     training:   {"image": (B, C, X, Y, Z) float, "target": (B, R, X, Y, Z) {0,1},
-                 "subregions": (B, S, X, Y, Z) {0,1}}
+                 "subregions": (B, S, X, Y, Z) {0,1}, "subregions_present": (B, S) bool (optional;
+                 False where a subject's sub-region label is unknown)}
     validation / test: the same keys for one whole cached volume (B = 1), plus "label_map"
                  (B, X, Y, Z) uint8 or None, "subject" (list of str), "spacing_mm" (B, 3).
 """
@@ -23,7 +24,7 @@ import torch
 
 from sgnet_lightning.evaluation.metrics import consolidate_regions, dice_per_channel
 from sgnet_lightning.inference import SlidingWindow, sliding_window_predict
-from sgnet_lightning.losses import AttentionSupervisionLoss, DiceBCELoss
+from sgnet_lightning.losses import AttentionSupervisionLoss, DiceBCELoss, GateSupervisionLoss
 from sgnet_lightning.models import create_model
 
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-4, "weight_decay": 0.0}
@@ -39,6 +40,11 @@ class SegmentationModule(pl.LightningModule):
         in_channels: input modalities (2 for Brain-Mets-Lung, 4 for BraTS); linked from the data.
         out_channels: output regions (1 for the seed's whole tumour, 3 for ET/TC/WT); linked.
         aux_loss_weight: weight of the attention-map auxiliary loss; 0 turns it off.
+        gate_loss_weight: weight of SG-Net's gate supervision loss (each gate against the dilated
+            tumour at its resolution, :class:`~sgnet_lightning.losses.GateSupervisionLoss`); 0 turns
+            it off. SG-Net's counterpart of ``aux_loss_weight``.
+        gate_target_dilation: margin in voxels around the tumour where the supervised gates should
+            be open (voxels of the cached grid: millimetres at the default 1 mm).
         optimizer: ``{"name": "adam" | "adamw" | "sgd", "lr": ..., **kwargs}``.
         scheduler: ``{"name": "plateau" | "cosine_restarts" | "none", **kwargs}``; ``plateau`` steps on
             validation Dice (mode max), ``cosine_restarts`` per epoch (``T_0``, ``T_mult``, ``eta_min``).
@@ -55,6 +61,8 @@ class SegmentationModule(pl.LightningModule):
         in_channels: int = 2,
         out_channels: int = 1,
         aux_loss_weight: float = 0.0,
+        gate_loss_weight: float = 0.0,
+        gate_target_dilation: int = 3,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         sliding_window: dict[str, Any] | None = None,
@@ -63,13 +71,16 @@ class SegmentationModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if aux_loss_weight < 0:
-            raise ValueError(f"aux_loss_weight must be >= 0, got {aux_loss_weight}")
+        for name, weight in (("aux_loss_weight", aux_loss_weight), ("gate_loss_weight", gate_loss_weight)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
         self.net = create_model(network, in_channels, out_channels, **(network_options or {}))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.loss = DiceBCELoss()
         self.aux_loss = AttentionSupervisionLoss()
+        self.gate_loss = GateSupervisionLoss(gate_target_dilation)
+        self._gate_tally: list[torch.Tensor] | None = None  # see start_gate_tally
         self.window = SlidingWindow(**(sliding_window or {}))
         self.optimizer_config = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
         # a given scheduler replaces the default whole: plateau's keys mean nothing to another one
@@ -79,16 +90,23 @@ class SegmentationModule(pl.LightningModule):
     def forward(self, image: torch.Tensor):
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        return self.net(image)
+        out = self.net(image)
+        if self._gate_tally is not None and out.gate_maps:
+            self._count_open_gates(out.gate_maps)
+        return out
 
     def _loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         seg = self.loss(out.logits, batch["target"])
         parts = {"loss_seg": seg.detach()}
         total = seg
         if self.hparams.aux_loss_weight > 0:
-            aux = self.aux_loss(out.attention_maps, batch["subregions"])
+            aux = self.aux_loss(out.attention_logits, batch["subregions"], batch.get("subregions_present"))
             parts["loss_aux"] = aux.detach()
             total = total + self.hparams.aux_loss_weight * aux
+        if self.hparams.gate_loss_weight > 0:
+            gate = self.gate_loss(out.gate_logits, batch["target"])
+            parts["loss_gate"] = gate.detach()
+            total = total + self.hparams.gate_loss_weight * gate
         return total, parts
 
     def on_train_epoch_start(self) -> None:
@@ -106,6 +124,36 @@ class SegmentationModule(pl.LightningModule):
         for i, gate in enumerate(out.gate_maps):  # a tensor, so logging never waits for the device
             self.log(f"gate/open_fraction_{i}", (gate > 0.5).float().mean(), batch_size=batch_size)
         return loss
+
+    # -- gate open fractions over whole volumes ---------------------------------------------------
+    def start_gate_tally(self) -> None:
+        """From now on ``forward`` counts open and total gate voxels per level, summed over calls.
+
+        Whole-volume inference runs the network once per sliding window; counting in ``forward``
+        sees every window (a voxel in overlapping windows counts once per window). The counts stay
+        tensors, so nothing waits on the device.
+        """
+        self._gate_tally = []
+
+    def stop_gate_tally(self) -> list[torch.Tensor]:
+        """Stop counting; return each gate level's open fraction (0-dim tensors), coarsest first,
+        over the forwards since :meth:`start_gate_tally` (empty for networks without gates)."""
+        tally, self._gate_tally = self._gate_tally or [], None
+        return [open_voxels / voxels for open_voxels, voxels in tally]
+
+    def _count_open_gates(self, gate_maps) -> None:
+        counts = [torch.stack([(g > 0.5).sum().float(), g.new_tensor(float(g.numel()), dtype=torch.float32)])
+                  for g in gate_maps]
+        self._gate_tally = [t + c for t, c in zip(self._gate_tally, counts)] if self._gate_tally else counts
+
+    # val/gate_open_fraction_<level>: per validation subject, averaged over subjects by Lightning.
+    # In these hooks rather than in validation_step, which is about segmentation metrics.
+    def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.start_gate_tally()
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        for level, fraction in enumerate(self.stop_gate_tally()):
+            self.log(f"val/gate_open_fraction_{level}", fraction, batch_size=1, sync_dist=True)
 
     # -- whole-volume evaluation ----------------------------------------------------------------
     def predict_volume(self, image: torch.Tensor, with_maps: bool = False) -> dict[str, torch.Tensor]:

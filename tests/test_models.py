@@ -8,7 +8,7 @@ from torch import nn
 
 from sgnet_lightning.models import NetworkOutput, create_model, list_models
 from sgnet_lightning.models.registry import model_options
-from sgnet_lightning.models.sgnet import SpatialGate
+from sgnet_lightning.models.sgnet import INITIAL_OPEN_PROBABILITY, SpatialGate
 
 # small enough for a 2-core CPU, divisible by 16 (MONAI U-Nets) and 8 (the others)
 SIZE = (32, 32, 16)
@@ -88,6 +88,9 @@ def test_forward_backward(name, in_channels, out_channels):
     assert isinstance(out, NetworkOutput)
     assert out.logits.shape == (1, out_channels, *SIZE)
     assert all(torch.isfinite(t).all() for t in (out.logits, *out.attention_maps, *out.gate_maps))
+    # every map comes with its logits, what the losses take
+    assert [m.shape for m in out.attention_maps] == [z.shape for z in out.attention_logits]
+    assert [m.shape for m in out.gate_maps] == [z.shape for z in out.gate_logits]
     target = (torch.rand_like(out.logits) > 0.5).float()
     loss = nn.functional.binary_cross_entropy_with_logits(out.logits, target)
     loss.backward()
@@ -110,9 +113,10 @@ def test_hard_gate_is_exactly_zero_where_closed_and_passes_gating_channels():
     randomise_gates(gate)
     skip = torch.randn(2, 16, 8, 8, 8)
     context = torch.randn(2, 32, 4, 4, 4)
-    gated, g = gate(skip, context)
-    assert g.shape == (2, 1, 8, 8, 8)
+    gated, g, logit = gate(skip, context)
+    assert g.shape == logit.shape == (2, 1, 8, 8, 8)
     assert set(g.unique().tolist()) == {0.0, 1.0}  # exact 0/1, and both occur
+    assert torch.equal(g == 1, torch.sigmoid(logit) > 0.5)  # open exactly where p > tau
     closed = (g == 0).expand(-1, 12, -1, -1, -1)
     value_in, value_out = skip[:, 4:], gated[:, 4:]
     assert (value_out[closed] == 0).all()
@@ -160,6 +164,39 @@ def test_gates_start_open():
         assert net.last_open_fractions == out.open_fractions() == [1.0, 1.0, 1.0]
 
 
+def test_initialisation_does_not_depend_on_the_threshold():
+    # The old design set each gate's bias to logit(tau) + 2, which made every decision independent
+    # of tau. Now every tau starts from the same weights, so tau changes what the network does.
+    states = []
+    for threshold in (0.3, 0.7):
+        torch.manual_seed(0)
+        states.append(create_model("sgnet", 2, 1, gate_threshold=threshold).state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    # and the probability it starts at is the fixed reference, not something near tau
+    torch.manual_seed(0)
+    net = create_model("sgnet", 2, 1, gate_threshold=0.3)
+    probabilities = torch.cat([torch.sigmoid(z).flatten() for z in net(torch.randn(2, 2, *SMALL)).gate_logits])
+    assert (probabilities - INITIAL_OPEN_PROBABILITY).abs().max() < 0.02
+
+
+def test_gate_threshold_is_settable_on_a_trained_network():
+    torch.manual_seed(0)
+    net = create_model("sgnet", 2, 1, gate_threshold=0.5)
+    randomise_gates(net.gates)
+    x = torch.randn(2, 2, *SMALL)
+    with torch.no_grad():
+        out = net.eval()(x)
+        net.gate_threshold = 0.8
+        raised = net(x)
+    assert [g.threshold for g in net.gates] == [0.8] * 3
+    for logit, gate, gate_raised in zip(out.gate_logits, out.gate_maps, raised.gate_maps):
+        p = torch.sigmoid(logit.float())
+        assert torch.equal(gate == 1, p > 0.5) and torch.equal(gate_raised == 1, p > 0.8)
+    with pytest.raises(ValueError, match="gate_threshold"):
+        net.gate_threshold = 1.0
+
+
 def test_soft_and_none_modes():
     torch.manual_seed(0)
     x = torch.randn(2, 2, *SMALL)
@@ -202,8 +239,9 @@ def test_segguidednet_attention_maps(in_channels, out_channels, n_subregions):
     assert [tuple(a.shape) for a in out.attention_maps] == [
         (1, n_subregions, 8, 8, 4), (1, n_subregions, 16, 16, 8), (1, n_subregions, *SIZE)
     ]
-    for a in out.attention_maps:
+    for a, logits in zip(out.attention_maps, out.attention_logits):
         assert a.min() >= 0 and a.max() <= 1
+        torch.testing.assert_close(a, torch.sigmoid(logits))
     # the maps are differentiable, so the auxiliary loss reaches the gates
     sum(a.mean() for a in out.attention_maps).backward()
     assert all(stage.gate.proj.weight.grad.abs().sum() > 0 for stage in net.decoders)

@@ -98,7 +98,7 @@ def test_aux_loss_weight_zero_turns_auxiliary_loss_off():
     module.hparams.aux_loss_weight = 0.0
     without_aux, parts = module._loss(out, batch)
     assert "loss_aux" not in parts
-    assert torch.isclose(with_aux - without_aux, 0.5 * module.aux_loss(out.attention_maps, batch["subregions"]))
+    assert torch.isclose(with_aux - without_aux, 0.5 * module.aux_loss(out.attention_logits, batch["subregions"]))
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from sgnet_lightning.data import cache
-from sgnet_lightning.data.labels import Task, get_task
+from sgnet_lightning.data.labels import Task, get_task, subregions_present
 from sgnet_lightning.data.patch_sampler import LabelBalancedSampler
 from sgnet_lightning.errors import DataError, SgnetError
 
@@ -140,10 +140,12 @@ class _StepsPerEpoch(Dataset):
 
 def _collate_patches(patches: list[dict]) -> dict[str, torch.Tensor]:
     """Queue patches -> ``{"image": (B, C, x, y, z) float16 (float32 with TorchIO transforms),
-    "label_map": (B, x, y, z) uint8}``."""
+    "label_map": (B, x, y, z) uint8, "volume_index": (B,) int64 (the patch's subject in the
+    training split)}``."""
     return {
         "image": torch.stack([p["image"][tio.DATA] for p in patches]),
         "label_map": torch.stack([p["label"][tio.DATA][0] for p in patches]),
+        "volume_index": torch.tensor([p["volume_index"] for p in patches], dtype=torch.long),
     }
 
 
@@ -292,11 +294,27 @@ class SegmentationDataModule(pl.LightningDataModule):
                                 f"{len(missing)} missing); run `sgnet data preprocess`")
 
     # -- loaders ----------------------------------------------------------------------------------
+    def _subregions_present(self, names: list[str], training: bool = False) -> torch.Tensor:
+        """(len(names), S) bool: which of the task's sub-regions each subject's cached label map
+        holds (from the ``labels_present`` its ``meta.json`` records; see ``labels.subregion_labels``).
+
+        With ``training``, a subject lacking a label file of the task's regions is refused: its
+        targets would be wrong, not just unknown.
+        """
+        rows = []
+        for name in names:
+            labels = cache.read_meta(self.cache_dir / name).get("labels_present", [])
+            if training and (lacking := [n for n in self.task.required_labels if n not in labels]):
+                raise DataError(name, self.cache_dir / name / cache.META_FILE,
+                                f"lacks label {', '.join(lacking)}, which task {self.task.name!r} trains on")
+            rows.append(subregions_present(self.task, labels))
+        return torch.tensor(rows, dtype=torch.bool).reshape(len(names), len(self.task.subregions))
+
     def _subjects(self, names: list[str]) -> list[tio.Subject]:
         subjects, small = [], []
         image_reader = (functools.partial(read_cached_image, dtype=np.float32) if self.hparams.torchio_transforms
                         else read_cached_image)
-        for name in names:
+        for index, name in enumerate(names):
             subject_dir = self.cache_dir / name
             if any(n < p for n, p in zip(cache.read_meta(subject_dir)["shape"], self.patch_size)):
                 small.append(name)
@@ -308,6 +326,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                     image=tio.ScalarImage(subject_dir / cache.IMAGE_FILE, reader=image_reader),
                     label=tio.LabelMap(label_path, reader=read_cached_label),
                     subject_id=name,
+                    volume_index=index,  # row of the split's sub-region presence table
                 )
             )
         if small:
@@ -328,6 +347,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.splits["train"]:
             raise SgnetError(f"the training split of {self.hparams.manifest} is empty")
+        # both loaders tag each patch with its subject's row here ("volume_index")
+        self._train_subregions_present = self._subregions_present(self.splits["train"], training=True)
         if self.hparams.loader == "device":
             return self._device_loader()
         dataset = tio.SubjectsDataset(self._subjects(self.splits["train"]), transform=self._train_transform())
@@ -410,6 +431,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if batch.get("label_map") is not None:
             batch["target"] = masks_from_label_map(batch["label_map"], self.task.regions)
             batch["subregions"] = masks_from_label_map(batch["label_map"], self.task.subregions)
+            # (B, S) bool: the auxiliary loss skips sub-regions a subject's labels do not define
+            if "volume_index" in batch:  # training patches
+                presence = self._train_subregions_present.to(batch["label_map"].device)
+                batch["subregions_present"] = presence[batch["volume_index"]]
+            elif "subject" in batch:  # whole volumes
+                batch["subregions_present"] = self._subregions_present(batch["subject"]).to(batch["label_map"].device)
         return batch
 
 

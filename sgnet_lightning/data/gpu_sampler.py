@@ -16,8 +16,8 @@ What it reproduces of the queue path (``SegmentationDataModule.train_dataloader`
   tumour-anywhere map: with probability ``positive_fraction`` a voxel with label > 0, otherwise a
   background voxel (label 0), each uniform within its class; a volume without tumour gives only
   background centres; the centre voxel sits at index ``patch_size // 2`` of the patch;
-- batches ``{"image": (B, C, x, y, z), "label_map": (B, x, y, z) uint8}`` as the queue's collate
-  makes them (float32 here, float16 from the queue; the hook makes both float32), so the
+- batches ``{"image": (B, C, x, y, z), "label_map": (B, x, y, z) uint8, "volume_index": (B,)
+  int64}`` as the queue's collate makes them (``volume_index``: the patch's volume in ``volumes``) (float32 here, float16 from the queue; the hook makes both float32), so the
   DataModule's ``on_after_batch_transfer`` (``augment_on_device``, ``masks_from_label_map``) runs
   unchanged.
 
@@ -201,12 +201,13 @@ class DevicePatchSampler(IterableDataset):
         return volume, centre
 
     def sample(self) -> dict[str, torch.Tensor]:
-        """One batch: ``{"image": (B, C, x, y, z) out_dtype, "label_map": (B, x, y, z) uint8}`` on the device."""
+        """One batch: ``{"image": (B, C, x, y, z) out_dtype, "label_map": (B, x, y, z) uint8,
+        "volume_index": (B,) int64 index into the volumes}`` on the device."""
         volume, centre = self.sample_centres(self.batch_size)
         corner = centre - torch.tensor([p // 2 for p in self.patch_size], device=self.device)  # may be < 0
         cut = self._cut_by_gather if self.gather else self._cut_by_slicing
         image, label = cut(volume, corner)
-        return {"image": image.to(self.out_dtype), "label_map": label}
+        return {"image": image.to(self.out_dtype), "label_map": label, "volume_index": volume}
 
     def _cut_by_gather(self, volume: torch.Tensor, corner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One ``take`` per buffer and no host synchronisation, so on a GPU the next batch is queued

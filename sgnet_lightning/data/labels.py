@@ -15,7 +15,7 @@ mutually exclusive) are both defined as sets of label values of that map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,11 @@ class Task:
             (``bml`` only: ``"whole"`` and/or ``"core"``).
         main_region: the region whose Dice is a benchmark's primary endpoint unless the benchmark
             declares another (see :mod:`sgnet_lightning.analysis.stats`).
+        subregion_labels: sub-region name -> label files its mask is made from (``bml``: the core
+            needs ``core_seg``; edema, whole minus core, needs both). A sub-region not listed needs
+            no more than a label map. Where a subject lacks one of them, the mask read from its
+            canonical map is not that sub-region (all zero, or the whole tumour): the auxiliary
+            loss skips it (:func:`subregions_present`).
     """
 
     dataset: str
@@ -42,6 +47,7 @@ class Task:
     regions: dict[str, tuple[int, ...]]
     subregions: dict[str, tuple[int, ...]]
     required_labels: tuple[str, ...] = ()
+    subregion_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     main_region: str = "WT"
 
     @property
@@ -60,6 +66,7 @@ LABEL_VALUES: dict[str, tuple[int, ...]] = {
     "brats2023": (0, 1, 2, 3),
 }
 
+_BML_SUBREGION_LABELS = {"core": ("core",), "edema": ("whole", "core")}
 _BRATS_REGIONS = {
     "brats2021": {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)},
     "brats2023": {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)},
@@ -71,7 +78,8 @@ _BRATS_SUBREGIONS = {
 
 TASKS: dict[tuple[str, str], Task] = {
     ("bml", "whole"): Task(
-        "bml", "whole", {"WT": (1, 2)}, {"core": (2,), "edema": (1,)}, required_labels=("whole",)
+        "bml", "whole", {"WT": (1, 2)}, {"core": (2,), "edema": (1,)}, required_labels=("whole",),
+        subregion_labels=_BML_SUBREGION_LABELS,
     ),
     ("bml", "core_whole"): Task(
         "bml",
@@ -79,6 +87,7 @@ TASKS: dict[tuple[str, str], Task] = {
         {"TC": (2,), "WT": (1, 2)},
         {"core": (2,), "edema": (1,)},
         required_labels=("whole", "core"),
+        subregion_labels=_BML_SUBREGION_LABELS,
     ),
     **{
         (ds, "regions"): Task(ds, "regions", _BRATS_REGIONS[ds], _BRATS_SUBREGIONS[ds])
@@ -97,6 +106,13 @@ def get_task(dataset: str, name: str | None = None) -> Task:
         known = [t for d, t in TASKS if d == dataset]
         raise ValueError(f"unknown task {name!r} for dataset {dataset!r}; known: {', '.join(known)}")
     return TASKS[(dataset, name)]
+
+
+def subregions_present(task: Task, labels_present: list[str]) -> list[bool]:
+    """Whether each of ``task``'s sub-regions (in order) is known for a subject whose label files
+    are ``labels_present`` (the cache's ``meta.json`` entry)."""
+    return [all(name in labels_present for name in task.subregion_labels.get(sub, ()))
+            for sub in task.subregions]
 
 
 def label_map_to_masks(label_map: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:

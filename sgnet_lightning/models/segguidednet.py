@@ -21,7 +21,8 @@ NCR, ED, ET; Brain-Mets-Lung: core, edema):
     a = \sigma(W f + b) \in [0, 1]^{S},\qquad f' = f \odot \big(1 + \max_s a_s\big)
 
 with :math:`W` a 1x1x1 convolution (:math:`C \to S`). The auxiliary loss supervises each
-:math:`a_s` with its sub-region's mask (resized to the stage's size), so the maps become sub-region
+:math:`a_s` (through its logit :math:`W f + b`, so the loss is safe under mixed precision) with its
+sub-region's mask (resized to the stage's size), so the maps become sub-region
 detectors that can be read at inference without post-hoc explanation. The modulation is residual:
 :math:`|f| \le |f'| \le 2|f|` element-wise, so a gate can only
 emphasise features where some sub-region is likely, never erase them; at initialisation, and with the
@@ -30,7 +31,8 @@ sub-regions emphasises any tumour tissue whatever its class, which the overlappi
 (WT contains TC contains ET) all need. The gates cost :math:`S(C+1)` parameters per stage: 681 for the
 default network with 3 sub-regions (about 0.01 %, well within the 0.2 % claimed).
 
-The maps are returned in ``NetworkOutput.attention_maps``, coarsest stage first: for ``depth`` 4 and a
+The maps are returned in ``NetworkOutput.attention_maps`` (their logits in ``attention_logits``),
+coarsest stage first: for ``depth`` 4 and a
 128^3 input, (B, S, 32, 32, 32), (B, S, 64, 64, 64) and (B, S, 128, 128, 128).
 """
 
@@ -54,24 +56,25 @@ class SegAttentionGate(nn.Module):
         channels: channels :math:`C` of the decoder stage.
         n_subregions: :math:`S`, one attention map each.
 
-    Shapes: (B, C, x, y, z) -> (modulated features (B, C, x, y, z), maps (B, S, x, y, z) in [0, 1]).
-    Formula: ``f * (1 + max_s a_s)``, see the module docstring.
+    Shapes: (B, C, x, y, z) -> (modulated features (B, C, x, y, z), maps (B, S, x, y, z) in [0, 1],
+    their logits (B, S, x, y, z)). Formula: ``f * (1 + max_s a_s)``, see the module docstring.
     """
 
     def __init__(self, channels: int, n_subregions: int):
         super().__init__()
         self.proj = nn.Conv3d(channels, n_subregions, kernel_size=1)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = torch.sigmoid(self.proj(features))
-        return features * (1 + maps.amax(dim=1, keepdim=True)), maps
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.proj(features)
+        maps = torch.sigmoid(logits)
+        return features * (1 + maps.amax(dim=1, keepdim=True)), maps, logits
 
 
 class DecoderStage(nn.Module):
     """Upsample x2, concatenate the skip, residual block, SegAttentionGate.
 
-    Shapes: deep (B, 2C, x, y, z) and skip (B, C, 2x, 2y, 2z) -> (B, C, 2x, 2y, 2z) and maps
-    (B, S, 2x, 2y, 2z).
+    Shapes: deep (B, 2C, x, y, z) and skip (B, C, 2x, 2y, 2z) -> (B, C, 2x, 2y, 2z), maps and their
+    logits (B, S, 2x, 2y, 2z).
     """
 
     def __init__(self, deep_channels: int, channels: int, n_subregions: int):
@@ -80,7 +83,7 @@ class DecoderStage(nn.Module):
         self.block = UnetResBlock(3, 2 * channels, channels, kernel_size=3, stride=1, norm_name=NORM, act_name=ACT)
         self.gate = SegAttentionGate(channels, n_subregions)
 
-    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.block(torch.cat([self.upsample(deep), skip], dim=1))
         return self.gate(x)
 
@@ -136,11 +139,12 @@ class SegGuidedNet(nn.Module):
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
-        maps = []
+        maps, map_logits = [], []
         for stage, skip in zip(self.decoders, reversed(skips[:-1])):
-            x, stage_maps = stage(x, skip)
+            x, stage_maps, stage_logits = stage(x, skip)
             maps.append(stage_maps)
-        return NetworkOutput(logits=self.head(x), attention_maps=tuple(maps))
+            map_logits.append(stage_logits)
+        return NetworkOutput(logits=self.head(x), attention_maps=tuple(maps), attention_logits=tuple(map_logits))
 
 
 def _he_init(module: nn.Module) -> None:

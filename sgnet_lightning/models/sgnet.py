@@ -56,19 +56,48 @@ bottleneck for the deepest skip; half the resolution):
    those of the body and the gated network has the body's 668,673 parameters plus the gates'
    (3,083 for the default body: 0.46 %).
 
-**Initialisation: open.** :math:`\psi` starts near zero and :math:`b_\psi = \mathrm{logit}(\tau) + 2`,
-so :math:`p \approx \sigma(\mathrm{logit}(\tau) + 2) > \tau` everywhere: at the first step every
-hard gate is open and the network computes exactly the function of the published body (a soft gate
-starts at about 0.88 for :math:`\tau = 0.5`). Training therefore starts from a
-network known to train, and the gates learn to close only where closing lowers the loss (background
-suppression is learnt, not imposed). A gate starting half closed at random positions would delete
-half of the fine-scale evidence at random, so the decoder and the gate would both learn from noise;
-a gate starting fully closed would cut the value channels off altogether. The margin of 2 logits
-keeps :math:`\sigma'` (the straight-through gradient's scale) at about 0.1 for :math:`\tau = 0.5`.
+**Initialisation: open, at a fixed reference.** :math:`\psi` starts near zero and
+:math:`b_\psi = \mathrm{logit}(0.95)` (``INITIAL_OPEN_PROBABILITY``) whatever :math:`\tau`, so
+:math:`p \approx 0.95` everywhere: every hard gate with :math:`\tau < 0.95` starts open and the network
+computes exactly the function of the published body (a soft gate starts by scaling the value channels
+by 0.95). Training therefore starts from a network known to train. A gate starting half closed at
+random positions would delete half of the fine-scale evidence at random, so the decoder and the gate
+would both learn from noise; a gate starting fully closed would cut the value channels off altogether.
+
+**Where the threshold acts.** Neither the initial weights nor the backward pass (:math:`\partial
+g / \partial p = 1`) depends on :math:`\tau`; it acts only in the forward decision
+:math:`\mathbb{1}[p > \tau]`, which the optimiser cannot re-centre. Two trainings that differ only in
+:math:`\tau` see different gated features as soon as some gate's :math:`p` falls between the two
+thresholds, and end up different networks. On a trained network :attr:`SGNet.gate_threshold` can be
+set to any value: with the weights fixed, :math:`p` does not depend on :math:`\tau`, so raising it
+only ever closes gates.
+
+The previous design set :math:`b_\psi = \mathrm{logit}(\tau) + 2`. Then
+:math:`\mathbb{1}[\sigma(\psi^\top h + \mathrm{logit}(\tau) + 2) > \tau] = \mathbb{1}[\psi^\top h + 2 > 0]`:
+every decision was the same for every :math:`\tau` at initialisation, and in training :math:`\tau`
+only rescaled the straight-through gradient by :math:`\sigma'(\mathrm{logit}(\tau) + 2)`, which Adam
+normalises for the gate's own weights. In the design probe the little effect it kept (through the
+encoder weights the gate shares with the body) had the wrong sign: with seed 0 the finest gate stayed
+open on 20 % of distractor cells at :math:`\tau = 0.3` and on 51 % at 0.7.
+
+**Gates close only where a loss profits.** A gate that starts open stays open unless closing lowers
+some loss. With the segmentation loss alone, the probe's coarser gates never closed (open fraction
+1.0 at every threshold, with either initialisation); the finest closed on part of the distractors
+only. :class:`~sgnet_lightning.losses.GateSupervisionLoss` (``gate_loss_weight`` of the training
+module, 0 = off as in the paper) gives each gate's logit a target: the tumour dilated by
+``gate_target_dilation`` voxels and max-pooled to the gate's grid, with class-balanced BCE. Its
+gates close on background and distractors and stay open on tumour, and the threshold then changes the
+trained open fractions.
+
+``docs/gating.md`` gives the measurements (``experiments/gating/design_probe.py``) and the rejected
+alternatives: an L1 sparsity term on :math:`p` (in the probe it closed the gates on tumour as well)
+and per-sample normalised or quantile gates (a decision that depends on what else lies in the
+window, so sliding-window inference would depend on window placement).
 
 After each forward, ``NetworkOutput.gate_maps`` holds the gates (B, 1, x, y, z), coarsest level
-first (like SegGuidedNet's attention maps), and :attr:`SGNet.last_open_fractions` the fraction of
-open voxels of each.
+first (like SegGuidedNet's attention maps), ``NetworkOutput.gate_logits`` their logits
+:math:`\psi^\top h + b_\psi` (what the gate loss takes), and :attr:`SGNet.last_open_fractions` the
+fraction of open voxels of each.
 """
 
 from __future__ import annotations
@@ -85,8 +114,8 @@ from sgnet_lightning.models.registry import check_spatial_size, register_model
 
 GATE_MODES = ("hard", "soft", "none")
 SEED_CHANNELS = (16, 32, 64, 128)
-# logits by which a new gate's probability starts above its threshold (see module docstring)
-_OPEN_MARGIN = 2.0
+# gate probability every new gate starts at, whatever its threshold (see "Initialisation" above)
+INITIAL_OPEN_PROBABILITY = 0.95
 
 
 def _check_fraction(value: float, name: str) -> float:
@@ -114,12 +143,12 @@ class SpatialGate(nn.Module):
         skip_channels: channels :math:`C` of the skip tensor.
         context_channels: channels :math:`C_c` of the next deeper encoder features.
         mode: ``"hard"`` (exact 0/1 forward, straight-through backward) or ``"soft"`` (sigmoid).
-        threshold: :math:`\\tau`, the probability above which a hard gate is open; also sets the
-            opening bias of both modes.
+        threshold: :math:`\\tau`, the probability above which a hard gate is open. It acts on the
+            forward decision only: the initialisation and the gradient do not depend on it.
         gate_channel_fraction: share :math:`\\rho` of the skip channels that form the gating part.
 
     Shapes: ``skip`` (B, C, x, y, z) and ``context`` (B, C_c, x/2, y/2, z/2) ->
-    (gated skip (B, C, x, y, z), gate (B, 1, x, y, z)).
+    (gated skip (B, C, x, y, z), gate (B, 1, x, y, z) float32, gate logit (B, 1, x, y, z)).
     """
 
     def __init__(self, skip_channels: int, context_channels: int, mode: str, threshold: float,
@@ -139,26 +168,30 @@ class SpatialGate(nn.Module):
         self.gating_proj = nn.Conv3d(self.gating_channels, hidden, kernel_size=1)
         self.context_proj = nn.Conv3d(context_channels, hidden, kernel_size=1, bias=False)
         self.psi = nn.Conv3d(hidden, 1, kernel_size=1)
-        # start open: p = sigmoid(logit(tau) + margin + small noise) > tau everywhere
+        # start open at a fixed probability, the same for every threshold (module docstring):
+        # p = sigmoid(logit(INITIAL_OPEN_PROBABILITY) + small noise)
         nn.init.normal_(self.psi.weight, std=1e-2)
-        nn.init.constant_(self.psi.bias, math.log(self.threshold / (1 - self.threshold)) + _OPEN_MARGIN)
+        nn.init.constant_(self.psi.bias, math.log(INITIAL_OPEN_PROBABILITY / (1 - INITIAL_OPEN_PROBABILITY)))
 
-    def forward(self, skip: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, skip: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         gating, value = skip[:, : self.gating_channels], skip[:, self.gating_channels :]
         # project at the coarse resolution, then upsample: the same as the reverse order (both are
         # linear), for a quarter of the work
         context = F.interpolate(self.context_proj(context), size=skip.shape[2:], mode="trilinear",
                                 align_corners=False)
-        prob = torch.sigmoid(self.psi(torch.relu(self.gating_proj(gating) + context)))
+        logit = self.psi(torch.relu(self.gating_proj(gating) + context))
+        # probability and threshold in float32: under bf16 autocast sigmoid would round near 0 and 1
+        prob = torch.sigmoid(logit.float())
         if self.mode == "hard":
             hard = (prob > self.threshold).to(prob.dtype)
             # straight-through: the forward value is exactly `hard` (the bracket is exactly 0; written
             # as `hard + prob - prob.detach()` rounding would leave values like 0.99999994), the
-            # gradient that of `prob`
+            # gradient that of `prob`, whatever the threshold
             gate = hard + (prob - prob.detach())
         else:
             gate = prob
-        return torch.cat([gating, gate * value], dim=1), gate
+        # 0 and 1 are exact in every float type: a hard gate stays exact in the value's dtype
+        return torch.cat([gating, gate.to(value.dtype) * value], dim=1), gate, logit
 
 
 class SGNet(nn.Module):
@@ -170,8 +203,10 @@ class SGNet(nn.Module):
         channels: encoder widths then bottleneck width; the seed's ``(16, 32, 64, 128)`` gives three
             pooling levels.
         gate_mode: ``"hard"`` (default), ``"soft"`` or ``"none"`` (the published ungated body).
-        gate_threshold: :math:`\\tau` in (0, 1) of the hard gates (default 0.5); a hyperparameter.
-            In soft mode it only sets where the gates start (see the module docstring).
+        gate_threshold: :math:`\\tau` in (0, 1) of the hard gates (default 0.5); a hyperparameter
+            of training, and changeable on a trained network (:attr:`gate_threshold` is settable)
+            for threshold sweeps at fixed weights. Unused in soft mode. Hard gates start open for
+            every :math:`\\tau` below ``INITIAL_OPEN_PROBABILITY`` (0.95).
         gate_channel_fraction: share of each skip's channels that feed the gate (default 0.25).
 
     Constraint: every spatial size divisible by ``2 ** (len(channels) - 1)`` (8 for the seed).
@@ -184,7 +219,9 @@ class SGNet(nn.Module):
         out = net(torch.zeros(4, 2, 96, 96, 32))
         out.logits.shape                        # (4, 1, 96, 96, 32)
         [g.shape for g in out.gate_maps]        # (4,1,24,24,8), (4,1,48,48,16), (4,1,96,96,32)
+        [z.shape for z in out.gate_logits]      # the same shapes: the gates' pre-sigmoid logits
         net.last_open_fractions                 # [1.0, 1.0, 1.0] at initialisation
+        net.gate_threshold = 0.7                # every gate now opens where p > 0.7
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int] = SEED_CHANNELS,
@@ -198,7 +235,8 @@ class SGNet(nn.Module):
         if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
             raise ValueError(f"channels must list at least two positive integers, got {channels}")
         *widths, bottleneck = channels
-        self.gate_mode, self.gate_threshold = gate_mode, float(gate_threshold)
+        self.gate_mode = gate_mode
+        self._gate_threshold = float(gate_threshold)
         self.spatial_divisor = 2 ** len(widths)
 
         self.encoders = nn.ModuleList(
@@ -223,6 +261,18 @@ class SGNet(nn.Module):
         self._last_gate_maps: tuple[torch.Tensor, ...] = ()
 
     @property
+    def gate_threshold(self) -> float:
+        """:math:`\\tau` of every hard gate; setting it changes the decisions of a trained network
+        (its weights, and so every gate's probability, stay as they are)."""
+        return self._gate_threshold
+
+    @gate_threshold.setter
+    def gate_threshold(self, value: float) -> None:
+        self._gate_threshold = _check_fraction(value, "gate_threshold")
+        for gate in self.gates or ():
+            gate.threshold = self._gate_threshold
+
+    @property
     def last_open_fractions(self) -> list[float]:
         """Fraction of voxels (over the whole batch) where each gate was open (> 0.5) in the last
         forward, coarsest level first; empty for ``gate_mode="none"`` or before the first forward.
@@ -232,7 +282,7 @@ class SGNet(nn.Module):
         return [float((g > 0.5).float().mean()) for g in self._last_gate_maps]
 
     def forward(self, x: torch.Tensor) -> NetworkOutput:
-        """(B, in_channels, X, Y, Z) -> logits (B, out_channels, X, Y, Z) and the gate maps."""
+        """(B, in_channels, X, Y, Z) -> logits (B, out_channels, X, Y, Z), the gate maps and their logits."""
         check_spatial_size(x, self.spatial_divisor, "SGNet")
         encoded = []  # every encoder block's output, finest first, the bottleneck last
         for encoder in self.encoders:
@@ -241,16 +291,16 @@ class SGNet(nn.Module):
             x = self.pool(x)
         x = self.bottleneck(x)
         encoded.append(x)
-        gate_maps = []
+        gate_maps, gate_logits = [], []
         for level, (upsample, decoder) in enumerate(zip(self.upsamplers, self.decoders)):
             skip = encoded[-2 - level]
             if self.gates is not None:
-                skip, gate = self.gates[level](skip, encoded[-1 - level])
+                skip, gate, logit = self.gates[level](skip, encoded[-1 - level])
                 gate_maps.append(gate)
+                gate_logits.append(logit)
             x = decoder(torch.cat([upsample(x), skip], dim=1))
-        gate_maps = tuple(gate_maps)
         self._last_gate_maps = tuple(g.detach() for g in gate_maps)
-        return NetworkOutput(logits=self.head(x), gate_maps=gate_maps)
+        return NetworkOutput(logits=self.head(x), gate_maps=tuple(gate_maps), gate_logits=tuple(gate_logits))
 
 
 @register_model
