@@ -152,3 +152,19 @@ def test_whole_volume_open_fractions_count_every_sliding_window(held_out):
     assert tallied == pytest.approx(direct, abs=1e-6)
     assert any(0 < f < 1 for f in tallied)
     assert module.stop_gate_tally() == []  # stopped: later forwards are not counted
+
+
+def test_gates_and_gate_loss_under_bf16_autocast(held_out):
+    # the probability and the threshold stay float32; the 0/1 decision is exact in bf16 too
+    torch.manual_seed(0)
+    module = SegmentationModule(network="sgnet", network_options={"channels": CHANNELS}, gate_loss_weight=1.0,
+                                gate_target_dilation=DILATION)
+    image, target = held_out
+    batch = {"image": image[:2], "target": target[:2], "subregions": torch.cat([target[:2], 1 - target[:2]], 1)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(batch["image"])
+        loss, parts = module._loss(out, batch)
+    assert out.logits.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in out.gate_maps)
+    assert all(set(g.unique().tolist()) <= {0.0, 1.0} for g in out.gate_maps)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.net.gates.parameters())
