@@ -3,6 +3,7 @@
     sgnet data synth | manifest | check | preprocess     source folder -> manifest -> cache
     sgnet fit | validate | test | predict                 experiments (LightningCLI configs)
     sgnet evaluate                                        score any prediction folder
+    sgnet gate-scan                                       SG-Net gate threshold on validation, fixed weights
     sgnet benchmark | stats | report                      multi-seed comparison -> statistics -> report
     sgnet sweep [best]                                    Optuna studies
     sgnet bench [loader]                                  speed measurements
@@ -50,6 +51,12 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="experiment YAML (experiments/...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.aux_loss_weight=0.5")
     p.add_argument("--run-dir", help="run folder (default: runs/<name>/<network>/<dataset>/seed<k>)")
+
+
+def _add_gate_threshold_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate-threshold", metavar="TAU|validated",
+                   help="SG-Net hard gates' threshold: a number in (0, 1), or 'validated' for the operating "
+                        "point chosen on validation by `sgnet gate-scan --store` (default: as trained)")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ def cmd_test(args, extra: list[str]) -> int:
 
     config = _experiment_config(args)
     results = run_test(config, run_dir=args.run_dir, ckpt=args.ckpt, save_predictions=not args.no_predictions,
-                       save_nifti=args.nifti, overrides=extra)
+                       save_nifti=args.nifti or None, overrides=extra, gate_threshold=args.gate_threshold)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
     summary = results.groupby(["region", "metric"])["value"].mean().unstack("metric")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -143,7 +150,8 @@ def cmd_predict(args) -> int:
     from sgnet_lightning.predict import predict
 
     written = predict(args.ckpt, args.input, args.out, write_probabilities=args.probabilities,
-                      write_maps=args.maps, device=args.device, sw_batch_size=args.sw_batch_size)
+                      write_maps=args.maps, device=args.device, sw_batch_size=args.sw_batch_size,
+                      gate_threshold=args.gate_threshold)
     print(f"wrote {len(written)} segmentation(s) to {args.out}")
     return 0
 
@@ -217,6 +225,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
             p.add_argument("--no-predictions", action="store_true", help="do not store predictions")
             p.add_argument("--nifti", action="store_true",
                            help="also write predictions as NIfTI on each subject's own grid")
+            _add_gate_threshold_arg(p)
         p.set_defaults(func=func)
         lightning_commands.add(name)
 
@@ -225,7 +234,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     p.add_argument("--input", nargs="+", required=True, help="a folder in the data set's layout, or image files")
     p.add_argument("--out", required=True)
     p.add_argument("--probabilities", action="store_true", help="also write probability maps")
-    p.add_argument("--maps", action="store_true", help="also write attention / gate maps")
+    p.add_argument("--maps", action="store_true",
+                   help="also write attention maps and every gate level (<subject>_gate<level>.nii.gz)")
+    _add_gate_threshold_arg(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--sw-batch-size", type=int)
     p.set_defaults(func=cmd_predict)

@@ -52,7 +52,46 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_gate_scan(args) -> int:
+    import pandas as pd
+
+    from sgnet_lightning.cli import _experiment_config
+    from sgnet_lightning.experiment import run_dir_for
+    from sgnet_lightning.gate_scan import SCAN_CSV, SCAN_DIR, run_gate_scan
+
+    config = _experiment_config(args)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
+    summary = run_gate_scan(config, run_dir, ckpt=args.ckpt, thresholds=args.thresholds, choose=args.choose,
+                            store=args.store)
+    means = pd.DataFrame(summary["means"])
+    shown = means[means["metric"].isin(["dice", "precision", "recall", "lesion_f1", "lesion_fp", "hd95_mm"])
+                  | means["metric"].str.startswith("gate_open_fraction_")]
+    print(shown.pivot_table(index="threshold", columns=["metric", "region"], values="mean")
+          .to_string(float_format=lambda v: f"{v:.3f}"))
+    point = summary["operating_point"]
+    print(f"operating point (best mean {point['metric']} {point['region']} on {len(point['validation_subjects'])} "
+          f"validation subjects): gate threshold {point['gate_threshold']:g}"
+          + (f", stored in {run_dir / 'operating_point.json'}" if args.store else " (not stored; --store stores it)"))
+    print(f"scan: {run_dir / SCAN_DIR / SCAN_CSV}")
+    return 0
+
+
 def register_more(sub: argparse._SubParsersAction) -> None:
+    from sgnet_lightning.gate_scan import DEFAULT_CHOICE, DEFAULT_THRESHOLDS
+
+    p = sub.add_parser("gate-scan", help="SG-Net: score gate thresholds on validation with fixed weights")
+    p.add_argument("--config", required=True, help="the run's experiment YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, as for sgnet test")
+    p.add_argument("--run-dir", help="run folder (default: runs/<name>/<network>/<dataset>/seed<k>)")
+    p.add_argument("--ckpt", default="best", help="best, last or a checkpoint path")
+    p.add_argument("--thresholds", nargs="+", type=float, default=list(DEFAULT_THRESHOLDS), metavar="TAU")
+    p.add_argument("--choose", metavar="METRIC[:REGION]",
+                   help=f"metric whose validation mean picks the operating point (default {DEFAULT_CHOICE} of "
+                        "the task's main region)")
+    p.add_argument("--store", action="store_true",
+                   help="store the operating point in <run>/operating_point.json, for --gate-threshold validated")
+    p.set_defaults(func=cmd_gate_scan)
+
     p = sub.add_parser("benchmark", help="every model x seed [x fold]: fit + test, resumable")
     p.add_argument("--config", required=True, help="benchmark YAML (experiments/benchmarks/...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in the benchmark config")

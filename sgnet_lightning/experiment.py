@@ -13,6 +13,8 @@ Run folder (``run.root/run.name/<network>/<dataset>/seed<k>[/fold<f>]`` unless g
     logs/metrics.csv       CSV log (source of truth); wandb/ when W&B is on (offline by default)
     results.csv            per-subject test results on each subject's original grid (written atomically, last)
     predictions/<subject>.npz   test predictions on the cached grid (for the report's figures)
+    predictions_nifti/<subject>.nii.gz   with --nifti (or run.test_nifti): on each original grid
+    gate_scan/, operating_point.json     SG-Net's gate threshold at inference (sgnet_lightning.gate_scan)
 """
 
 from __future__ import annotations
@@ -248,10 +250,10 @@ def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path | None:
 
 
 def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
-             save_predictions: bool = True, save_nifti: bool = False,
-             overrides: Sequence[str] = ()) -> pd.DataFrame:
+             save_predictions: bool = True, save_nifti: bool | None = None,
+             overrides: Sequence[str] = (), gate_threshold: str | float | None = None) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
-    metric) atomically and return it.
+    metric, plus SG-Net's ``gate_open_fraction_<level>`` rows) atomically and return it.
 
     Each prediction is put back on its subject's original grid and scored there against the
     original reference file, by the code ``sgnet evaluate`` runs (see ``SegmentationModule.test_step``):
@@ -260,13 +262,26 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
     Args:
         ckpt: ``"best"``, ``"last"`` or a checkpoint path.
         save_predictions: keep predictions on the cached grid in ``predictions/`` (for the report).
-        save_nifti: also write them as NIfTI on each subject's original grid in ``predictions_nifti/``.
+        save_nifti: also write them as NIfTI on each subject's original grid in ``predictions_nifti/``;
+            default the config's ``run.test_nifti`` (False).
+        gate_threshold: hard gates' threshold at test: None (as trained), a number, or
+            ``"validated"``: the operating point chosen on validation by ``sgnet gate-scan --store``
+            (:func:`~sgnet_lightning.gate_scan.resolve_gate_threshold`). ``run.json`` records the
+            threshold used (``test_gate_threshold``, ``test_gate_threshold_source``).
     """
+    from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
+
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     ckpt_path = checkpoint_path(run_dir, ckpt)
+    threshold, source = resolve_gate_threshold(gate_threshold, run_dir, ckpt_path)
+    if save_nifti is None:
+        save_nifti = bool(get_dotted(config, "run.test_nifti", False))
     test_config = copy.deepcopy(config)
     test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
     module, datamodule, trainer = build(test_config, run_dir, overrides=overrides, stage="test")
+    if threshold is not None:  # an attribute, not a weight: loading the checkpoint keeps it
+        hard_gated_network(module, f"sgnet test --gate-threshold {gate_threshold}").gate_threshold = threshold
+    used = getattr(module.net, "gate_threshold", None) if getattr(module.net, "gate_mode", None) == "hard" else None
     module.prediction_dir = run_dir / "predictions" if save_predictions else None
     module.nifti_dir = run_dir / "predictions_nifti" if save_nifti else None
     module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
@@ -278,8 +293,30 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
     atomic_write_text(run_dir / "results.csv", buffer.getvalue())
     seconds = module.test_inference_seconds
     _write_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
-                    tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds))
+                    tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds),
+                    test_gate_threshold=used, test_gate_threshold_source=source if used is not None else None)
     return results
+
+
+def validation_scorer(config: dict[str, Any], run_dir: str | Path, metric_options: dict[str, Any] | None = None):
+    """``(module, datamodule, trainer)`` whose ``trainer.test(module, datamodule=datamodule,
+    ckpt_path=...)`` scores the **validation** split subject by subject, by the code of ``sgnet test``
+    (``module.test_rows``): the test loader is replaced by the validation loader, so the test split
+    is never built and no test subject is opened. Used by the sweeps and ``sgnet gate-scan``; its
+    log goes to ``logs/validate/``, beside the training log.
+
+    Args:
+        metric_options: keyword options of ``evaluate_case`` (``distances``, ``lesions``, ...), on top
+            of the config's ``run.test_metrics``.
+    """
+    eval_config = copy.deepcopy(config)
+    eval_config.setdefault("run", {})["wandb"] = {"enabled": False}
+    module, datamodule, trainer = build(eval_config, Path(run_dir), stage="validate")
+    datamodule.test_dataloader = datamodule.val_dataloader
+    module.prediction_dir = None
+    module.nifti_dir = None
+    module.test_metric_options = {**(get_dotted(config, "run.test_metrics") or {}), **(metric_options or {})}
+    return module, datamodule, trainer
 
 
 def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",

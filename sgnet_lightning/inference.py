@@ -46,8 +46,10 @@ def sliding_window_predict(model, image: torch.Tensor, window: SlidingWindow, wi
         model: callable returning a :class:`~sgnet_lightning.models.NetworkOutput`.
         image: (B, C, X, Y, Z) on the model's device; any size (MONAI pads windows at borders).
         window: sliding-window settings.
-        with_maps: also return the finest attention map (``"attention"``, (B, S, X, Y, Z)) and gate
-            map (``"gate"``, (B, 1, X, Y, Z)) where the network has them, resized to the input grid.
+        with_maps: also return the finest attention map (``"attention"``, (B, S, X, Y, Z)) and every
+            gate level (``"gate"``, (B, L, X, Y, Z), coarsest first, as ``NetworkOutput.gate_maps``)
+            where the network has them, resized to the input grid. Overlapping windows are blended,
+            so a hard gate's stitched value is the (weighted) share of windows that opened the voxel.
 
     Returns:
         dict with ``"probabilities"`` (B, R, X, Y, Z) float32 sigmoid outputs, plus maps on request.
@@ -59,12 +61,16 @@ def sliding_window_predict(model, image: torch.Tensor, window: SlidingWindow, wi
         if with_maps:
             # MONAI stitches dict outputs of other sizes by their zoom factor; resizing the finest
             # map here keeps every output on the window grid, so stitching is exact and simple.
-            for key, maps in (("attention", out.attention_maps), ("gate", out.gate_maps)):
-                if maps:
-                    finest = maps[-1].float()
-                    if finest.shape[2:] != patch.shape[2:]:
-                        finest = F.interpolate(finest, size=patch.shape[2:], mode="trilinear")
-                    result[key] = finest
+            if out.attention_maps:
+                finest = out.attention_maps[-1].float()
+                if finest.shape[2:] != patch.shape[2:]:
+                    finest = F.interpolate(finest, size=patch.shape[2:], mode="trilinear")
+                result["attention"] = finest
+            if out.gate_maps:
+                # nearest: a coarse gate cell covers exactly the voxels it gates (window sizes are
+                # multiples of the gate's stride), and a hard gate stays 0/1 within a window
+                result["gate"] = torch.cat([F.interpolate(g.float(), size=patch.shape[2:], mode="nearest-exact")
+                                            for g in out.gate_maps], dim=1)
         return result
 
     return sliding_window_inference(

@@ -163,7 +163,8 @@ class SegmentationModule(pl.LightningModule):
             image: (B, C, X, Y, Z).
         Returns:
             ``{"probabilities": (B, R, X, Y, Z)}`` and, with ``with_maps``, ``"attention"``
-            (B, S, X, Y, Z) and/or ``"gate"`` (B, 1, X, Y, Z) from the finest stage, on the input grid.
+            (B, S, X, Y, Z) from the finest stage and/or ``"gate"`` (B, L, X, Y, Z), every gate level
+            coarsest first, on the input grid.
         """
         return sliding_window_predict(self, image, self.window, with_maps=with_maps)
 
@@ -203,7 +204,9 @@ class SegmentationModule(pl.LightningModule):
         datamodule = self.trainer.datamodule
         task = datamodule.task
         start = time.perf_counter()
+        self.start_gate_tally()
         maps = self.predict_volume(batch["image"], with_maps=self.prediction_dir is not None)
+        open_fractions = self.stop_gate_tally()
         if batch["image"].is_cuda:
             torch.cuda.synchronize()
         self.test_inference_seconds.append(time.perf_counter() - start)
@@ -216,6 +219,7 @@ class SegmentationModule(pl.LightningModule):
                                 nifti_file or "test prediction (not written)", reference, task,
                                 **self.test_metric_options)
         self.test_rows.extend({"subject": subject, **row} for row in rows)
+        self.test_rows.extend(gate_rows(subject, open_fractions))
         if self.prediction_dir is not None:
             save_prediction(self.prediction_dir, subject, pred, maps)
         if nifti_file is not None:
@@ -256,6 +260,15 @@ class SegmentationModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, **sched_cfg)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         raise ValueError(f"scheduler.name {sched_name!r} unknown; choose plateau, cosine_restarts or none")
+
+
+def gate_rows(subject: str, open_fractions: list[torch.Tensor]) -> list[dict]:
+    """Results rows of one subject's gate open fractions (:meth:`SegmentationModule.stop_gate_tally`,
+    coarsest level first): metric ``gate_open_fraction_<level>``, region ``all``, value in [0, 1]."""
+    from sgnet_lightning.evaluation import gate_open_fraction_metric
+
+    return [{"subject": subject, "region": "all", "metric": gate_open_fraction_metric(level),
+             "value": float(fraction), "convention": ""} for level, fraction in enumerate(open_fractions)]
 
 
 def save_prediction(out_dir, subject: str, pred: np.ndarray, maps: dict[str, torch.Tensor]) -> None:

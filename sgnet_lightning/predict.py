@@ -72,18 +72,33 @@ def collect_inputs(inputs: Sequence[str | Path], dataset: str) -> dict[str, dict
 
 def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
             write_probabilities: bool = False, write_maps: bool = False, device: str | None = None,
-            sw_batch_size: int | None = None, progress: bool = True) -> list[Path]:
+            sw_batch_size: int | None = None, progress: bool = True,
+            gate_threshold: str | float | None = None) -> list[Path]:
     """Segment every subject of ``inputs``; return the written label files.
 
     Writes ``<out_dir>/<subject>.nii.gz`` (uint8 label map in the data set's convention, on the
     reference modality's original grid) and, on request, ``<subject>_probabilities.nii.gz``
-    (4D, one volume per region) and ``<subject>_attention.nii.gz`` / ``<subject>_gate.nii.gz``.
+    (4D, one volume per region), ``<subject>_attention.nii.gz`` (SegGuidedNet's finest attention
+    maps, 4D) and ``<subject>_gate<level>.nii.gz`` (each SG-Net gate level, 0 = coarsest, resized to
+    the cached grid, then put on the input's grid; hard gates: the share of sliding windows that
+    opened the voxel, 0 or 1 where windows do not overlap).
+
+    Args:
+        gate_threshold: hard gates' threshold: None (as trained), a number in (0, 1), or
+            ``"validated"``: the operating point stored in the checkpoint's run folder
+            (``<run>/operating_point.json``, ``sgnet gate-scan --store``), refused for another checkpoint.
     """
     from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images
     from sgnet_lightning.data.sources import get_source
+    from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the run folder of <run>/checkpoints/<name>.ckpt, where gate-scan stores the operating point
+    threshold, source = resolve_gate_threshold(gate_threshold, Path(ckpt).resolve().parent.parent, ckpt)
     module, data = load_trained(ckpt, device)
+    if threshold is not None:
+        hard_gated_network(module, f"sgnet predict --gate-threshold {gate_threshold}").gate_threshold = threshold
+        log.info("gate threshold %.3g (%s)", threshold, source)
     if sw_batch_size:
         module.window.sw_batch_size = sw_batch_size
     task = get_task(data["dataset"], data["task"])
@@ -104,10 +119,12 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
         written.append(save_native(label_map, meta, out_dir / f"{subject}.nii.gz"))
         if write_probabilities:
             save_native(probabilities, meta, out_dir / f"{subject}_probabilities.nii.gz", "linear")
-        for key in ("attention", "gate") if write_maps else ():
-            if key in maps:
-                volume = maps[key][0].float().cpu().numpy()
-                save_native(volume, meta, out_dir / f"{subject}_{key}.nii.gz", "linear")
+        if write_maps and "attention" in maps:
+            save_native(maps["attention"][0].float().cpu().numpy(), meta, out_dir / f"{subject}_attention.nii.gz",
+                        "linear")
+        if write_maps and "gate" in maps:
+            for level, gate in enumerate(maps["gate"][0].float().cpu().numpy()):
+                save_native(gate, meta, out_dir / f"{subject}_gate{level}.nii.gz", "linear")
     return written
 
 

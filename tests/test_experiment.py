@@ -78,7 +78,10 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
     results = run_test(config, run_dir=run_dir, save_nifti=True)
     on_disk = pd.read_csv(run_dir / "results.csv")
     assert len(on_disk) == len(results) > 0
-    assert set(on_disk["region"]) == {"WT"}
+    assert set(on_disk["region"]) == {"WT", "all"}  # "all": the gates' open fractions, one row per level
+    gates = on_disk[on_disk["region"] == "all"]
+    assert sorted(gates["metric"].unique()) == [f"gate_open_fraction_{level}" for level in range(3)]
+    assert gates["value"].between(0, 1).all()
     assert {"dice", "precision", "recall", "hd95_mm", "lesion_f1"} <= set(on_disk["metric"])
     assert not on_disk["value"].isna().any()
     assert (run_dir / "logs" / "metrics.csv").is_file(), "testing must not replace the training log"
@@ -101,7 +104,10 @@ def test_fit_test_predict_on_a_tiny_phantom(make_config, phantom_bml, tmp_path):
         assert segmentation.shape == reference.shape
         np.testing.assert_allclose(segmentation.affine, reference.affine, atol=1e-5)
         assert set(np.unique(np.asarray(segmentation.dataobj))) <= {0, 1}
-        assert nib.load(out / f"{subject}_gate.nii.gz").shape[:3] == reference.shape
+        for level in range(3):  # every gate level, 0 = coarsest, on the input's grid
+            gate = nib.load(out / f"{subject}_gate{level}.nii.gz")
+            assert gate.shape == reference.shape
+            np.testing.assert_allclose(gate.affine, reference.affine, atol=1e-5)
 
 
 def _twin(src: Path, dst: Path, make_affine) -> None:

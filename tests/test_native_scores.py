@@ -47,7 +47,10 @@ def test_sgnet_test_rows_equal_sgnet_evaluate_of_its_nifti_on_an_oblique_anisotr
     assert cli.main(["test", "--config", str(config_file), "--run-dir", str(run_dir), "--nifti"]) == 0
     assert cli.main(["evaluate", "--pred", str(run_dir / "predictions_nifti"), "--ref", str(data),
                      "--dataset", "bml", "--out", str(tmp_path / "evaluate.csv"), "--allow-missing"]) == 0
-    tested = _sorted(pd.read_csv(run_dir / "results.csv"))
+    tested = pd.read_csv(run_dir / "results.csv")
+    gate_rows = tested["metric"].str.startswith("gate_open_fraction_")  # not a score of the label map
+    assert gate_rows.sum() == 3 * tested["subject"].nunique()
+    tested = _sorted(tested[~gate_rows])
     evaluated = _sorted(pd.read_csv(tmp_path / "evaluate.csv"))
     assert sorted(set(tested["subject"])) == ["BML-0009", "BML-0010"]  # the seed-way test split
     pd.testing.assert_frame_equal(tested, evaluated)  # exactly: one score per prediction

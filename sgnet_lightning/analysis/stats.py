@@ -20,10 +20,11 @@ What is computed, and why this way:
 - **CI**: 95 % percentile bootstrap of the mean, resampling subjects (``scipy.stats.bootstrap``,
   ``method="percentile"``, seeded). Percentile rather than BCa because BCa is undefined for
   degenerate samples (all Dice equal, n = 2), which a benchmark does produce.
-- **Direction**: from :data:`sgnet_lightning.evaluation.METRICS`, except volumes (``volume_*``:
-  predicted, reference, their difference), which say how much was segmented, not how well: they
-  get no direction (``higher_is_better`` empty), no effect size and no Holm family, so no
-  better/worse claim; their tests and summaries stay descriptive.
+- **Direction**: from :data:`sgnet_lightning.evaluation.METRICS`. Descriptive metrics there (None):
+  volumes (``volume_*``), which say how much was segmented, not how well, and SG-Net's gate open
+  fractions (``gate_open_fraction_<level>``), which say what the gates let through: they get no
+  direction (``higher_is_better`` empty), no effect size and no Holm family, so no better/worse
+  claim; their tests and summaries stay descriptive.
 - **Tests against the reference**, paired by subject on subject values (subjects both models have):
   Wilcoxon signed-rank (``scipy.stats.wilcoxon``, two-sided, ``zero_method="pratt"``: zero
   differences take part in the ranking and are then dropped, which is more conservative than
@@ -93,7 +94,8 @@ METHODS = {
                 f"correction={WILCOXON_CORRECTION} (continuity correction on the normal approximation only)",
     "wilcoxon_p_holm": "Holm step-down within the family: primary = the models compared with the reference on "
                        "the primary endpoint; secondary = every other directed metric x region, together",
-    "higher_is_better": "metric direction; empty for volumes (descriptive: no effect size, no Holm family)",
+    "higher_is_better": "metric direction; empty for descriptive metrics, volumes and gate open fractions "
+                        "(no effect size, no Holm family)",
     "effect_size": "matched-pairs rank-biserial correlation, zeros dropped; positive = model better",
     "ttest": "scipy.stats.ttest_rel, paired by subject",
     "friedman": "scipy.stats.friedmanchisquare over subjects that every model has",
@@ -110,11 +112,9 @@ STATS_COLUMNS = [
 
 
 def metric_direction(metric: str) -> bool | None:
-    """True where higher is better, False where lower is, None for a descriptive metric (a volume:
-    ``volume_*``). Unknown names raise :class:`ConfigError` naming the known ones."""
+    """True where higher is better, False where lower is, None for a descriptive metric (a volume
+    ``volume_*``, a gate open fraction). Unknown names raise :class:`ConfigError` naming the known ones."""
     check_metric_names([metric], "the results")
-    if metric.startswith("volume_"):
-        return None
     return higher_is_better(metric)
 
 
@@ -362,7 +362,8 @@ def _resolve_primary(df: pd.DataFrame, primary: tuple[str, str] | None) -> tuple
         known = ", ".join(f"{m}:{r}" for m, r in sorted(blocks))
         raise ConfigError(f"primary endpoint {primary[0]}:{primary[1]} has no results; the results hold {known}")
     if metric_direction(primary[0]) is None:
-        raise ConfigError(f"primary endpoint {primary[0]}: a volume has no better or worse, so it cannot be one")
+        raise ConfigError(f"primary endpoint {primary[0]}: a descriptive metric (volume, gate open "
+                          "fraction) has no better or worse, so it cannot be one")
     return tuple(primary)
 
 
@@ -424,7 +425,8 @@ def compute_stats(
             if not np.isfinite(spread["seed_sd"]):
                 notes.append(f"{spread['n_seeds']} seed(s): seed_sd needs 2 or more in a fold")
             if better_high is None:
-                notes.append("descriptive (a volume): no better/worse direction, no effect size or Holm family")
+                kind = "a volume" if metric.startswith("volume_") else "a gate open fraction"
+                notes.append(f"descriptive ({kind}): no better/worse direction, no effect size or Holm family")
             ci_low, ci_high = bootstrap_ci(values.to_numpy(), n_bootstrap, seed)
             summaries[model] = values
             rows.append({

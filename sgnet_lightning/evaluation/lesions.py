@@ -172,6 +172,29 @@ def lesion_metrics(
     return _result(lesion_dice, lesion_hd95, n_tp, n_fn, n_fp, convention, distances)
 
 
+def false_positive_components(pred: np.ndarray, ref: np.ndarray, settings: LesionSettings
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted lesions :func:`lesion_metrics` counts as false positives, as masks, to ask
+    where they lie (e.g. on which unlabelled structure of a phantom).
+
+    Args:
+        pred, ref: boolean masks (X, Y, Z) of one region on one grid.
+        settings: the lesion-wise preset (its dilation decides what touches a lesion).
+
+    Returns:
+        ``(components, false_positive_ids)``: the prediction's 26-connected components (int array
+        (X, Y, Z), 0 = background) and the ids of those touching no dilated reference lesion;
+        ``len(false_positive_ids)`` equals ``lesion_metrics(...)["lesion_fp"]``.
+    """
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    dilated = ref
+    if settings.dilation_iterations > 0 and ref.any():
+        dilated = ndimage.binary_dilation(ref, _DILATION_18, iterations=settings.dilation_iterations)
+    components, n_components = ndimage.label(pred, _CONNECTIVITY_26)
+    touching = np.unique(components[dilated & (components > 0)])
+    return components, np.setdiff1d(np.arange(1, n_components + 1), touching)
+
+
 def _result(dice, hd95, tp, fn, fp, convention, distances) -> dict[str, float | int | str]:
     detected = 2 * tp + fp + fn
     row: dict[str, float | int | str] = {"lesion_dice": float(dice)}

@@ -332,8 +332,9 @@ def _parse_objectives(raw: Any, where: str) -> list[Objective]:
                 raise ConfigError(f"{where}: objective {metric}: 'region' applies to per-subject metrics only "
                                   f"(use val/dice_<region> for a logged per-region value)")
         elif metric in METRICS:
-            if metric.startswith("volume_"):
-                raise ConfigError(f"{where}: objective {metric}: a volume is descriptive, not something to optimise")
+            if METRICS[metric] is None:
+                raise ConfigError(f"{where}: objective {metric}: a descriptive metric (volume, gate open fraction), "
+                                  "not something to optimise")
             expected = "maximize" if METRICS[metric] else "minimize"
             if direction != expected:
                 raise ConfigError(f"{where}: objective {metric}: lower is {'worse' if METRICS[metric] else 'better'}, "
@@ -341,7 +342,7 @@ def _parse_objectives(raw: Any, where: str) -> list[Objective]:
         else:
             raise ConfigError(
                 f"{where}: objective metric {metric!r} unknown; use a per-subject validation metric "
-                f"({', '.join(m for m in METRICS if not m.startswith('volume_'))}) or a logged validation "
+                f"({', '.join(m for m, higher in METRICS.items() if higher is not None)}) or a logged validation "
                 f"value (best_val_dice, val/<name>). Sweeps never score on the test split."
             )
         objectives.append(Objective(metric=metric, direction=direction, region=region))

@@ -17,7 +17,6 @@ failed trial ``error`` (exception type and message).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -286,6 +285,17 @@ def mean_over_subjects(rows: pd.DataFrame, objective: Objective, run_dir: Path) 
     return float(selected.groupby("region")["value"].mean().mean())
 
 
+def trained_checkpoint(run_dir: Path) -> Path:
+    """A trial's ``checkpoints/best.ckpt``, else ``last.ckpt``."""
+    from sgnet_lightning.experiment import BEST_CKPT, LAST_CKPT
+
+    checkpoint = next((run_dir / "checkpoints" / name for name in (BEST_CKPT, LAST_CKPT)
+                       if (run_dir / "checkpoints" / name).is_file()), None)
+    if checkpoint is None:
+        raise SgnetError(f"{run_dir}: no checkpoint to evaluate (training saved none)")
+    return checkpoint
+
+
 def validation_results(config: dict[str, Any], run_dir: str | Path,
                        metric_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Evaluate a trained run's best checkpoint subject by subject on its VALIDATION split.
@@ -304,19 +314,11 @@ def validation_results(config: dict[str, Any], run_dir: str | Path,
         Tidy rows ``subject, region, metric, value, convention``, also written atomically to
         ``<run_dir>/validation_results.csv``.
     """
-    from sgnet_lightning.experiment import BEST_CKPT, LAST_CKPT, build
+    from sgnet_lightning.experiment import validation_scorer
 
     run_dir = Path(run_dir)
-    checkpoint = next((run_dir / "checkpoints" / name for name in (BEST_CKPT, LAST_CKPT)
-                       if (run_dir / "checkpoints" / name).is_file()), None)
-    if checkpoint is None:
-        raise SgnetError(f"{run_dir}: no checkpoint to evaluate (training saved none)")
-    eval_config = copy.deepcopy(config)
-    set_dotted(eval_config, "run.wandb", {"enabled": False})
-    module, datamodule, trainer = build(eval_config, run_dir, stage="validate")
-    datamodule.test_dataloader = datamodule.val_dataloader
-    module.prediction_dir = None
-    module.test_metric_options = {**(get_dotted(config, "run.test_metrics") or {}), **(metric_options or {})}
+    checkpoint = trained_checkpoint(run_dir)
+    module, datamodule, trainer = validation_scorer(config, run_dir, metric_options)
     trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
     rows = pd.DataFrame(module.test_rows)
     atomic_write_text(run_dir / VALIDATION_RESULTS, rows.to_csv(index=False))
