@@ -15,6 +15,13 @@ Files written into ``out_dir`` (each atomically):
     pairwise_dice_<region>.csv
     attention_overlap.csv  per run x subject x sub-region Dice of thresholded attention maps (when
                            a model saved attention maps)
+    gate_scans.csv         per run x threshold x region x metric: validation means of each run's
+                           ``gate_scan/gate_scan.csv`` (when a gated run has a gate scan)
+
+For gated models (SG-Net) the "Gates" section shows each gate level's open fraction over training
+(``logs/metrics.csv``: ``gate/open_fraction_<level>``), at test (``gate_open_fraction_<level>``
+rows of ``results.csv``), and, for runs with a gate scan (``sgnet gate-scan``), precision, recall,
+false-positive lesions and open fractions against the gate threshold at fixed weights, on validation.
 
 Images are drawn in the cached grid (RAS, so an axial slice is ``[:, :, z]``); they are shown with
 the patient's right on the right of the picture (neurological convention).
@@ -85,6 +92,8 @@ METRIC_LABELS = {
     "lesion_hd95_mm": "Lesion-wise HD95 (mm)", "lesion_f1": "Lesion F1", "lesion_tp": "Lesions TP",
     "lesion_fn": "Lesions FN", "lesion_fp": "Lesions FP",
 }  # fmt: skip
+GATE_METRIC_PREFIX = "gate_open_fraction_"  # + level, 0 = coarsest (sgnet_lightning.evaluation)
+TRAINING_GATE_LOG = re.compile(r"^gate/open_fraction_(\d+)$")  # logged every training step
 FIGURE_DPI = 100
 MISSING = "–"
 
@@ -159,6 +168,10 @@ class Benchmark:
         return [r for r in self.complete if r.model == model]
 
 
+def _is_gate_metric(metric: pd.Series) -> pd.Series:
+    return metric.str.startswith(GATE_METRIC_PREFIX)
+
+
 def _resolve_cache_dir(bench_dir: Path, cache_dir: str | None) -> Path | None:
     """The cache folder of ``benchmark.json``; a relative path is tried against the working folder and
     against the folder the benchmark root (``runs/``) sits in, where ``sgnet benchmark`` runs from."""
@@ -182,7 +195,8 @@ def load_benchmark_folder(bench_dir: str | os.PathLike) -> Benchmark:
         m for m in present if m not in info.get("models", {})
     )
     task = get_task(info["dataset"], info.get("task"))
-    in_results = set(results["region"])
+    # gate open fractions are rows of region "all", shown in the Gates section, not as a region
+    in_results = set(results.loc[~_is_gate_metric(results["metric"]), "region"])
     regions = [r for r in task.region_names if r in in_results]
     regions += sorted(in_results - set(task.region_names))
     cache_dir = _resolve_cache_dir(bench_dir, info.get("cache_dir"))
@@ -701,6 +715,130 @@ def _attention_section(bench: Benchmark, overlap: pd.DataFrame, example: tuple[s
     return Section(title, blocks)
 
 
+# -- gates: open fractions over training, at test, and against the threshold ---------------------------
+def _level(metric: str) -> int:
+    return int(metric.rsplit("_", 1)[1])
+
+
+def training_gate_curves(bench: Benchmark) -> pd.DataFrame:
+    """Every complete run's logged training open fractions: columns model, seed, fold, level, step,
+    open_fraction (from ``logs/metrics.csv``; runs without gates or log contribute nothing)."""
+    frames = []
+    for run in bench.complete:
+        log_file = run.path / "logs" / "metrics.csv"
+        if not log_file.is_file():
+            continue
+        logged = pd.read_csv(log_file)
+        for column in logged.columns:
+            match = TRAINING_GATE_LOG.match(column)
+            if match and "step" in logged.columns:
+                rows = logged[["step", column]].dropna()
+                frames.append(pd.DataFrame({"model": run.model, "seed": run.seed, "fold": run.fold,
+                                            "level": int(match.group(1)), "step": rows["step"].astype(int),
+                                            "open_fraction": rows[column].astype(float)}))
+    columns = ["model", "seed", "fold", "level", "step", "open_fraction"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def gate_scans(bench: Benchmark) -> pd.DataFrame:
+    """Validation means per threshold of every complete run's gate scan (``gate_scan/gate_scan.csv``):
+    columns model, seed, fold, threshold, region, metric, value, n_subjects, and ``chosen`` (the
+    threshold stored as the run's operating point, NaN without one)."""
+    from sgnet_lightning.gate_scan import OPERATING_POINT, SCAN_CSV, SCAN_DIR
+
+    columns = ["model", "seed", "fold", "threshold", "region", "metric", "value", "n_subjects", "chosen"]
+    frames = []
+    for run in bench.complete:
+        scan_file = run.path / SCAN_DIR / SCAN_CSV
+        if not scan_file.is_file():
+            continue
+        scan = pd.read_csv(scan_file, dtype={"subject": str, "region": str, "metric": str})
+        means = scan.groupby(["threshold", "region", "metric"])["value"].agg(["mean", "count"]).reset_index()
+        point_file = run.path / OPERATING_POINT
+        chosen = json.loads(point_file.read_text())["gate_threshold"] if point_file.is_file() else np.nan
+        frames.append(means.rename(columns={"mean": "value", "count": "n_subjects"}).assign(
+            model=run.model, seed=run.seed, fold=run.fold, chosen=chosen))
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _gate_section(bench: Benchmark, values: pd.DataFrame, curves: pd.DataFrame, scans: pd.DataFrame) -> Section:
+    title = "Gates"
+    at_test = values[_is_gate_metric(values["metric"])]
+    if curves.empty and at_test.empty and scans.empty:
+        return Section(title, ["No model has gates."])
+    colours = _model_colours(bench.models)
+    blocks: list = [
+        "SG-Net's spatial gates: the share of gate voxels that are open (value > 0.5), per level "
+        "(0 = coarsest). A gate that never closes computes the ungated body's function."]
+    if not curves.empty:
+        blocks.append(_gate_training_plot(bench, curves, colours))
+    if not at_test.empty:
+        summary = at_test.groupby(["model", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+        rows = []
+        for model in [m for m in bench.models if m in set(summary["model"])]:
+            mine = summary[summary["model"] == model].sort_values("metric")
+            row = {"model": model, "subjects": int(mine["count"].max())}
+            row.update({f"level {_level(s.metric)}": f"{_fmt(s.mean)} ± {_fmt(s.std)}"
+                        for s in mine.itertuples()})
+            rows.append(row)
+        blocks.append(Table(pd.DataFrame(rows).fillna(MISSING), "Open fraction at test: mean ± SD over "
+                            "subjects (a subject's value: mean over seeds of open voxels / all voxels over its "
+                            "sliding windows)"))
+    if not scans.empty:
+        blocks += _gate_scan_blocks(bench, scans, colours)
+    return Section(title, blocks)
+
+
+def _gate_training_plot(bench: Benchmark, curves: pd.DataFrame, colours: dict) -> Plot:
+    levels = sorted(curves["level"].unique())
+    fig = Figure(figsize=(3.8 * len(levels), 3.4), layout="constrained")
+    for i, level in enumerate(levels):
+        ax = fig.add_subplot(1, len(levels), i + 1)
+        for model in [m for m in bench.models if m in set(curves["model"])]:
+            runs = curves[(curves["level"] == level) & (curves["model"] == model)]
+            for j, (_, run) in enumerate(runs.groupby(["seed", "fold"], dropna=False)):
+                ax.plot(run["step"], run["open_fraction"], color=colours[model], lw=1, alpha=0.7,
+                        label=model if j == 0 else None)
+        ax.set(title=f"level {level}", xlabel="training step", ylim=(-0.02, 1.02))
+        ax.set_ylabel("open fraction (training batch)" if i == 0 else "")
+    fig.axes[-1].legend(fontsize=7)
+    return Plot("gate_training", "Open fraction of each gate level on the training batches, as logged "
+                "(gate/open_fraction_<level>), one line per run.", _png(fig))
+
+
+def _gate_scan_blocks(bench: Benchmark, scans: pd.DataFrame, colours: dict) -> list:
+    region = bench.task.main_region
+    panels = [("precision", region, "precision"), ("recall", region, "recall"),
+              ("lesion_fp", region, "false-positive lesions")]
+    levels = sorted({_level(m) for m in scans["metric"].unique() if m.startswith(GATE_METRIC_PREFIX)})
+    panels += [(f"{GATE_METRIC_PREFIX}{level}", "all", f"open fraction, level {level}") for level in levels]
+    fig = Figure(figsize=(3.3 * len(panels), 3.3), layout="constrained")
+    for i, (metric, panel_region, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        block = scans[(scans["metric"] == metric) & (scans["region"] == panel_region)]
+        for model in [m for m in bench.models if m in set(block["model"])]:
+            runs = block[block["model"] == model]
+            for _, run in runs.groupby(["seed", "fold"], dropna=False):
+                ax.plot(run["threshold"], run["value"], color=colours[model], lw=1, alpha=0.4, marker=".")
+            mean = runs.groupby("threshold")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy(), color=colours[model], lw=2, label=model)
+        ax.set(xlabel="gate threshold", title=label)
+        if metric != "lesion_fp":
+            ax.set_ylim(-0.02, 1.02)
+    fig.axes[0].legend(fontsize=7)
+    points = scans.drop_duplicates(["model", "seed", "fold"])
+    chosen = [{"model": model, "operating point per run (chosen on validation)":
+               ", ".join(_fmt(v, 2) for v in points.loc[points["model"] == model, "chosen"])}
+              for model in [m for m in bench.models if m in set(points["model"])]]
+    return [
+        Plot("gate_threshold_scan", "The gate threshold at inference with fixed weights, on the validation "
+             "split (sgnet gate-scan): means over validation subjects, thin lines one run each, thick the mean "
+             f"over runs; region {region} for precision, recall and false-positive lesions.", _png(fig)),
+        Table(pd.DataFrame(chosen), f"Gate thresholds stored as operating points (operating_point.json); "
+              f"{MISSING}: none stored"),
+    ]
+
+
 # -- rendering -------------------------------------------------------------------------------------
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -799,6 +937,8 @@ def build_report(
         _seed_spread_section(bench, stats),
         _significance_section(bench, pairwise),
     ]  # fmt: skip
+    curves, scans = training_gate_curves(bench), gate_scans(bench)
+    sections.append(_gate_section(bench, values, curves, scans))
     overlap = pd.DataFrame()
     if bench.cache_dir is None:
         sections.append(Section("Example slices", [
@@ -816,6 +956,8 @@ def build_report(
         buffer = io.StringIO()
         overlap.to_csv(buffer, index=False)
         cache.atomic_write_text(out_dir / "attention_overlap.csv", buffer.getvalue())
+    if not scans.empty:
+        cache.atomic_write_text(out_dir / "gate_scans.csv", scans.to_csv(index=False))
     title = f"Benchmark report: {bench.info.get('name', bench.path.name)}"
     figure_dir = "figures"
     for section in sections:

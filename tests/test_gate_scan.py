@@ -1,0 +1,190 @@
+"""SG-Net's gate threshold at inference (``sgnet gate-scan``, ``--gate-threshold``) and the gate open
+fractions everywhere: a real tiny training on the phantom set, then the scan on the validation split
+(test subjects never opened), the stored operating point used by ``sgnet test`` and ``sgnet predict``,
+every gate level written by ``predict --maps``, and W&B's offline record of the open fractions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_config
+
+from sgnet_lightning import cli
+from sgnet_lightning.errors import SgnetError
+from sgnet_lightning.experiment import train
+from sgnet_lightning.gate_scan import choose_threshold, resolve_gate_threshold
+
+# around the supervised gates' probabilities after a few steps (they start at p = 0.95), so the
+# scan sees gates closing; 0.05 opens every gate whose p is above it
+THRESHOLDS = [0.05, 0.5, 0.9, 0.95, 0.97, 0.999]
+LEVELS = 3  # SG-Net's gated skips with the seed's four stages
+SCORED = {"dice", "precision", "recall", "hd95_mm", "lesion_f1", "lesion_fp"}
+
+_OPENED: list[str] | None = None  # files opened while recording; None: not recording
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+@pytest.fixture
+def opened_files():
+    """Every file the process opens during the test (a Python audit hook, installed once)."""
+    global _OPENED
+    if not getattr(sys, "_sgnet_gate_scan_audit", False):
+        sys.addaudithook(_record_open)
+        sys._sgnet_gate_scan_audit = True
+    _OPENED = []
+    yield _OPENED
+    _OPENED = None
+
+
+@pytest.fixture(scope="module")
+def gated_run(phantom_bml, tmp_path_factory):
+    """A hard-gated SG-Net trained for 8 steps with gate supervision; its config file and folder."""
+    root = tmp_path_factory.mktemp("gate_scan")
+    config = tiny_config(phantom_bml, root / "runs", "sgnet", model={
+        "gate_loss_weight": 1.0, "optimizer": {"name": "adam", "lr": 1e-2},
+        "network_options": {"gate_mode": "hard", "gate_threshold": 0.5}},
+        trainer={"max_epochs": 4})
+    run_dir = root / "run"
+    train(config, run_dir=run_dir)
+    config_file = root / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    return config_file, run_dir, phantom_bml
+
+
+def _split(manifest: Path, split: str) -> list[str]:
+    rows = pd.read_csv(manifest, dtype=str)
+    return sorted(rows.loc[rows["split"] == split, "subject"])
+
+
+def _scan(config_file: Path, run_dir: Path, *extra: str) -> int:
+    return cli.main(["gate-scan", "--config", str(config_file), "--run-dir", str(run_dir), *extra])
+
+
+@pytest.mark.slow
+def test_scan_scores_every_threshold_on_validation_only(gated_run, monkeypatch, opened_files):
+    from sgnet_lightning.data.datamodule import SegmentationDataModule
+
+    config_file, run_dir, phantom = gated_run
+
+    def no_test_loader(self):
+        raise AssertionError("the gate scan built the test loader")
+
+    monkeypatch.setattr(SegmentationDataModule, "test_dataloader", no_test_loader)
+    assert _scan(config_file, run_dir, "--thresholds", *map(str, THRESHOLDS), "--choose", "dice") == 0
+    scan = pd.read_csv(run_dir / "gate_scan" / "gate_scan.csv", dtype={"subject": str})
+
+    validation = _split(phantom["manifest"], "val")
+    assert sorted(scan["subject"].unique()) == validation
+    gates = {f"gate_open_fraction_{level}" for level in range(LEVELS)}
+    counts = scan.groupby(["metric", "threshold"])["subject"].nunique()
+    for metric in SCORED | gates:  # every metric x threshold x validation subject
+        assert [counts.get((metric, t), 0) for t in THRESHOLDS] == [len(validation)] * len(THRESHOLDS), metric
+    assert set(scan.loc[scan["metric"].isin(gates), "region"]) == {"all"}
+
+    # fixed weights: raising the threshold never opens a gate, and across this range gates do close
+    for (metric, subject), rows in scan[scan["metric"].isin(gates)].groupby(["metric", "subject"]):
+        fractions = rows.sort_values("threshold")["value"].to_numpy()
+        assert (np.diff(fractions) <= 0).all(), (metric, subject, fractions)
+        assert fractions[-1] < fractions[0], (metric, fractions)
+
+    # the test split: its loader never built (patched above), its cached volumes never opened
+    reads = [p for p in opened_files if p.endswith(".npy")]
+    assert any(f"/{s}/" in p for p in reads for s in validation)  # the audit sees cache reads
+    assert not [p for p in reads for s in _split(phantom["manifest"], "test") if f"/{s}/" in p]
+
+    assert (run_dir / "gate_scan" / "gate_scan.png").stat().st_size > 5000
+    summary = json.loads((run_dir / "gate_scan" / "summary.json").read_text())
+    point = summary["operating_point"]
+    assert not summary["stored"] and not (run_dir / "operating_point.json").exists()
+    dice = scan[(scan["metric"] == "dice")].groupby("threshold")["value"].mean()
+    assert dice[point["gate_threshold"]] == pytest.approx(dice.max()) == pytest.approx(point["mean"])
+
+
+@pytest.mark.slow
+def test_stored_operating_point_is_used_by_test_and_predict(gated_run, tmp_path, capsys):
+    config_file, run_dir, phantom = gated_run
+    test_args = ["test", "--config", str(config_file), "--run-dir", str(run_dir), "--no-predictions"]
+    assert cli.main(test_args) == 0
+    trained = pd.read_csv(run_dir / "results.csv")
+    assert json.loads((run_dir / "run.json").read_text())["test_gate_threshold"] == 0.5
+
+    with pytest.raises(SgnetError, match="operating_point.json not found"):
+        resolve_gate_threshold("validated", run_dir, run_dir / "checkpoints" / "best.ckpt")
+    # a scan of high thresholds only: whichever wins, the stored point is not the trained 0.5
+    assert _scan(config_file, run_dir, "--thresholds", "0.97", "0.999", "--store") == 0
+    point = json.loads((run_dir / "operating_point.json").read_text())
+    assert point["gate_threshold"] in (0.97, 0.999) and point["trained_gate_threshold"] == 0.5
+
+    assert cli.main([*test_args, "--gate-threshold", "validated"]) == 0
+    validated = pd.read_csv(run_dir / "results.csv")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert (info["test_gate_threshold"], info["test_gate_threshold_source"]) == (point["gate_threshold"], "validated")
+    assert sorted(validated["subject"].unique()) == sorted(trained["subject"].unique())
+    opened = [trained[trained["metric"] == f"gate_open_fraction_{level}"]["value"].mean() for level in range(LEVELS)]
+    closed = [validated[validated["metric"] == f"gate_open_fraction_{level}"]["value"].mean() for level in range(LEVELS)]
+    assert all(c < o for c, o in zip(closed, opened)), (closed, opened)
+
+    # predict: the same operating point closes the written gate maps; every level is written
+    inputs = ["--input", str(phantom["root"])]
+    best = str(run_dir / "checkpoints" / "best.ckpt")
+    for name, extra in (("trained", []), ("validated", ["--gate-threshold", "validated"])):
+        assert cli.main(["predict", "--ckpt", best, *inputs, "--out", str(tmp_path / name), "--maps", *extra]) == 0
+    subject = _split(phantom["manifest"], "test")[0]
+    for level in range(LEVELS):
+        maps = {name: nib.load(tmp_path / name / f"{subject}_gate{level}.nii.gz") for name in ("trained", "validated")}
+        t1ce = nib.load(next(phantom["root"].rglob(f"{subject}_t1ce_img.nii*")))
+        assert maps["trained"].shape == t1ce.shape
+        np.testing.assert_allclose(maps["trained"].affine, t1ce.affine, atol=1e-5)
+        assert np.asarray(maps["validated"].dataobj).mean() < np.asarray(maps["trained"].dataobj).mean()
+
+    # the point belongs to the checkpoint it was chosen on
+    capsys.readouterr()
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    assert cli.main(["predict", "--ckpt", last, *inputs, "--out", str(tmp_path / "x"), "--gate-threshold",
+                     "validated"]) == 1
+    assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_choice_ties_go_to_the_trained_threshold_then_the_lower():
+    scan = pd.DataFrame({"threshold": [0.3, 0.5, 0.7, 0.3, 0.5, 0.7], "subject": ["a"] * 3 + ["b"] * 3,
+                         "region": "WT", "metric": "lesion_fp", "value": [2, 1, 1, 0, 1, 1]})
+    # mean false-positive lesions 1, 1, 1: a three-way tie
+    assert choose_threshold(scan, "lesion_fp", "WT", trained=0.5) == (0.5, 1.0)
+    assert choose_threshold(scan, "lesion_fp", "WT", trained=0.6) == (0.5, 1.0)
+    assert choose_threshold(scan, "lesion_fp", "WT", trained=0.9) == (0.7, 1.0)
+    better = scan.assign(value=[0, 1, 1, 0, 1, 1])  # 0.3 now has fewer false-positive lesions
+    assert choose_threshold(better, "lesion_fp", "WT", trained=0.5) == (0.3, 0.0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1.5", "must lie in \\(0, 1\\)"), ("often", "give a number in \\(0, 1\\) or 'validated'")])
+def test_bad_gate_threshold_is_a_clear_error(spec, message, tmp_path):
+    from sgnet_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_gate_threshold(spec, tmp_path, None)
+
+
+@pytest.mark.slow
+def test_threshold_refused_for_a_network_without_hard_gates(phantom_bml, tmp_path, capsys):
+    config = tiny_config(phantom_bml, tmp_path / "runs", "sgnet", trainer={"max_epochs": 1},
+                         model={"network_options": {"gate_mode": "soft"}})
+    run_dir = tmp_path / "run"
+    train(config, run_dir=run_dir)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert _scan(config_file, run_dir) == 1
+    assert "acts only on hard gates (gate_mode 'soft')" in capsys.readouterr().err
