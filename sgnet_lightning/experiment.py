@@ -251,7 +251,8 @@ def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path | None:
 
 def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
              save_predictions: bool = True, save_nifti: bool | None = None,
-             overrides: Sequence[str] = (), gate_threshold: str | float | None = None) -> pd.DataFrame:
+             overrides: Sequence[str] = (), gate_threshold: str | float | None = None,
+             callbacks: Sequence = ()) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
     metric, plus SG-Net's ``gate_open_fraction_<level>`` rows) atomically and return it.
 
@@ -268,6 +269,7 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
             ``"validated"``: the operating point chosen on validation by ``sgnet gate-scan --store``
             (:func:`~sgnet_lightning.gate_scan.resolve_gate_threshold`). ``run.json`` records the
             threshold used (``test_gate_threshold``, ``test_gate_threshold_source``).
+        callbacks: extra Lightning callbacks (a launched run's, :mod:`sgnet_lightning.launch.tasks`).
     """
     from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
 
@@ -278,7 +280,7 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
         save_nifti = bool(get_dotted(config, "run.test_nifti", False))
     test_config = copy.deepcopy(config)
     test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
-    module, datamodule, trainer = build(test_config, run_dir, overrides=overrides, stage="test")
+    module, datamodule, trainer = build(test_config, run_dir, callbacks, overrides=overrides, stage="test")
     if threshold is not None:  # an attribute, not a weight: loading the checkpoint keeps it
         hard_gated_network(module, f"sgnet test --gate-threshold {gate_threshold}").gate_threshold = threshold
     used = getattr(module.net, "gate_threshold", None) if getattr(module.net, "gate_mode", None) == "hard" else None
