@@ -56,14 +56,19 @@ CURVE_METRICS = ("precision", "recall", "dice", "lesion_f1")
 
 
 # -- which threshold a network runs at ----------------------------------------------------------------
+class NoHardGatesError(SgnetError):
+    """A gate threshold was asked of a network without hard gates."""
+
+
 def hard_gated_network(module, purpose: str):
-    """The module's network when it has hard gates whose threshold can be set; else a one-line error
-    saying why ``purpose`` does not apply (soft gates pass ``p`` itself; ``none`` has no gates)."""
+    """The module's network when it has hard gates whose threshold can be set; else
+    :class:`NoHardGatesError` saying why ``purpose`` does not apply (soft gates pass ``p`` itself;
+    ``none`` has no gates)."""
     net = module.net
     mode = getattr(net, "gate_mode", None)
     if mode != "hard" or not hasattr(net, "gate_threshold"):
         what = f"gate_mode {mode!r}" if mode else f"network {module.hparams.network!r} has no gates"
-        raise SgnetError(f"{purpose}: a gate threshold acts only on hard gates ({what})")
+        raise NoHardGatesError(f"{purpose}: a gate threshold acts only on hard gates ({what})")
     return net
 
 

@@ -188,3 +188,61 @@ def test_threshold_refused_for_a_network_without_hard_gates(phantom_bml, tmp_pat
     capsys.readouterr()
     assert _scan(config_file, run_dir) == 1
     assert "acts only on hard gates (gate_mode 'soft')" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_trials_scan_their_gates_and_the_sweep_report_draws_each_curve(phantom_bml, tmp_path):
+    """A two-trial study of the training threshold with the space's gate_scan: each trial's seed gets
+    its validation scan, and `sgnet sweep report` draws one curve per trial."""
+    from conftest import REPO
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "experiment": str(REPO / "experiments" / "phantom_bml" / "sgnet.yaml"),
+        "parameters": {"model.network_options.gate_threshold": {"type": "float", "low": 0.2, "high": 0.8}},
+        "objectives": [{"metric": "dice", "direction": "maximize"}],
+        "seeds": [0], "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 2,
+        "gate_scan": {"thresholds": [0.3, 0.6, 0.9], "choose": "lesion_f1"},
+        "fixed": {
+            "data": {"manifest": str(phantom_bml["manifest"]), "cache_root": str(phantom_bml["cache"]),
+                     "spacing_mm": 5.0, "patch_size": [16, 16, 16], "batch_size": 2, "steps_per_epoch": 2,
+                     "samples_per_volume": 2, "queue_length": 4, "num_workers": 0},
+            "model": {"gate_loss_weight": 1.0, "sliding_window": {"roi_size": [16, 16, 16], "sw_batch_size": 4}},
+            "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+            "run": {"wandb": {"enabled": False}}},
+    }))
+    storage, runs = str(tmp_path / "study.journal"), tmp_path / "runs"
+    assert cli.main(["sweep", "run", str(space), "--study", "scan", "--storage", storage, "--runs-root", str(runs),
+                     "--n-trials", "2"]) == 0
+    validation = _split(phantom_bml["manifest"], "val")
+    for trial in (0, 1):
+        scan = pd.read_csv(runs / "scan" / f"trial{trial}" / "seed0" / "gate_scan" / "gate_scan.csv",
+                           dtype={"subject": str})
+        assert sorted(scan["threshold"].unique()) == [0.3, 0.6, 0.9]
+        assert sorted(scan["subject"].unique()) == validation
+        point = json.loads((runs / "scan" / f"trial{trial}" / "seed0" / "gate_scan" / "summary.json").read_text())
+        assert point["operating_point"]["metric"] == "lesion_f1" and not point["stored"]
+
+    out = tmp_path / "report"
+    assert cli.main(["sweep", "report", "--study", "scan", "--storage", storage, "--out", str(out)]) == 0
+    page = (out / "index.md").read_text()
+    for trial in (0, 1):
+        assert (out / f"gate_scan_trial{trial}.png").stat().st_size > 5000
+        assert f"gate_scan_trial{trial}.png" in page
+    means = pd.read_csv(out / "gate_scans.csv")
+    assert sorted(means["trial"].unique()) == [0, 1] and set(means["threshold"]) == {0.3, 0.6, 0.9}
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_records_training_and_validation_open_fractions(make_config, tmp_path):
+    pytest.importorskip("wandb")
+    config = make_config("sgnet", trainer={"max_epochs": 1},
+                         run={"wandb": {"enabled": True, "mode": "offline", "group": "g"}})
+    run_dir = tmp_path / "run"
+    train(config, run_dir=run_dir)
+    (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = record.read_bytes()  # the offline record keeps history keys as plain strings
+    for level in range(LEVELS):
+        assert f"gate/open_fraction_{level}".encode() in logged
+        assert f"val/gate_open_fraction_{level}".encode() in logged
+    assert b"train/loss_seg" in logged and b"gate/open_fraction_9" not in logged  # a real record, not a blob

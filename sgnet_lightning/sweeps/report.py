@@ -7,6 +7,10 @@ Writes into the output folder:
     slice.png                    the Dice objective against each tuned parameter (gate_threshold,
                                  aux_loss_weight, ...)
     pareto.png                   the Pareto front (studies with 2 or 3 objectives)
+    gate_scan_trial<N>.png       trials with gate scans (the space's ``gate_scan``): precision, recall,
+                                 false-positive lesions and open fractions against the gate threshold
+                                 at fixed weights, on validation (means over seeds and subjects)
+    gate_scans.csv               those scans' validation means: trial, seed, threshold, region, metric
     trials.csv                   one row per trial: state, values, config values, duration, error
     index.md, index.html         the study's summary, best trial / Pareto front, all trials, figures
 """
@@ -41,6 +45,7 @@ def write_report(study: optuna.Study, out_dir: str | Path, storage_label: str = 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         notes: list[str] = []
         figures = _draw_figures(study, out_dir, notes)
+    figures.update(_gate_scan_figures(study, out_dir, notes))
     markdown, page = _pages(study, trials, figures, notes, storage_label)
     atomic_write_text(out_dir / "index.md", markdown)
     atomic_write_text(out_dir / "index.html", page)
@@ -116,6 +121,35 @@ def _draw_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[
     if len(labels) in (2, 3):
         _save(plots.plot_pareto_front(study, target_names=labels), out_dir / "pareto.png")
         figures["pareto.png"] = "Objective values of every complete trial; the Pareto front highlighted."
+    return figures
+
+
+def _gate_scan_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[str, str]:
+    """One figure per complete trial whose seeds have a gate scan (``<trial>/seed<k>/gate_scan/``)."""
+    from sgnet_lightning.gate_scan import SCAN_CSV, SCAN_DIR, plot_scan
+
+    figures, means = {}, []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run_dir = trial.user_attrs.get("run_dir")
+        files = sorted(Path(run_dir).glob(f"seed*/{SCAN_DIR}/{SCAN_CSV}")) if run_dir else []
+        if not files:
+            continue
+        scans = [pd.read_csv(f, dtype={"subject": str}).assign(seed=int(f.parent.parent.name[4:])) for f in files]
+        scan = pd.concat(scans, ignore_index=True)
+        means.append(scan.groupby(["seed", "threshold", "region", "metric"])["value"].mean().reset_index()
+                     .assign(trial=trial.number))
+        values = trial.user_attrs.get("config_values", trial.params)
+        tuned = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                          for k, v in values.items())
+        name = f"gate_scan_trial{trial.number}.png"
+        atomic_write_bytes(out_dir / name, plot_scan(scan, f"trial {trial.number} ({tuned})"))
+        figures[name] = (f"Trial {trial.number}: the gate threshold at inference with the trial's weights fixed, "
+                         f"on the validation split (means over {len(files)} seed(s) and their subjects).")
+    if means:
+        table = pd.concat(means, ignore_index=True)[["trial", "seed", "threshold", "region", "metric", "value"]]
+        atomic_write_text(out_dir / "gate_scans.csv", table.to_csv(index=False))
+    elif (study.user_attrs.get("space") or {}).get("gate_scan"):
+        notes.append("No gate-scan curves: no complete trial with hard gates has a gate scan yet.")
     return figures
 
 

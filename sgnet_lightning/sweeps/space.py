@@ -18,6 +18,7 @@ A space is a YAML file (``sweeps/*.yaml``)::
     fixed:                                     # merged into every trial's config (the budget)
       trainer: {max_epochs: 40}
     heartbeat: {interval_s: 60, grace_period_s: 300, max_retry: 2}   # RDB storages only
+    gate_scan: {thresholds: [0.1, 0.3, 0.5, 0.7, 0.9], choose: lesion_f1}   # optional, SG-Net
 
 Parameters:
     ``type: float | int`` with ``low``, ``high`` and optionally ``log: true`` (log-uniform; needs
@@ -33,6 +34,13 @@ Objectives (always on the VALIDATION split of the experiment's fold):
     and the objective is the mean over subjects and regions (or of one ``region: WT``);
     or a value logged while training: ``best_val_dice`` (the best epoch's validation Dice) or
     ``val/<name>`` (the last epoch's). The direction must be given and must agree with METRICS.
+
+Gate scan (optional): after each seed of a trial whose network has hard gates, ``sgnet gate-scan``
+scores its best checkpoint on the validation split at each of ``thresholds`` with fixed weights
+(:mod:`sgnet_lightning.gate_scan`) into ``<trial>/seed<k>/gate_scan/``; ``choose`` (``METRIC[:REGION]``)
+names the metric whose best threshold is recorded there (not stored as the run's operating point).
+``sgnet sweep report`` draws each trial's curve. It changes no objective, so it is not part of the
+study's lock.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ TUNABLE_ROOTS = ("model", "data", "trainer")
 # free-form dict arguments of SegmentationModule whose keys are checked when the run builds them
 FREE_FORM_MODEL_ARGS = ("optimizer", "scheduler", "sliding_window")
 SPACE_KEYS = ("experiment", "parameters", "objectives", "seeds", "sampler", "pruner", "n_trials", "fixed",
-              "heartbeat")
+              "heartbeat", "gate_scan")
 DEFAULT_HEARTBEAT = {"interval_s": 60, "grace_period_s": 300, "max_retry": 2}
 ZERO_SWITCH = ":zero"  # suffix of the Optuna parameter that chooses 0 for an include_zero range
 
@@ -128,6 +136,7 @@ class SearchSpace:
     n_trials: int = 20
     fixed: dict[str, Any] = field(default_factory=dict)
     heartbeat: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_HEARTBEAT))
+    gate_scan: dict[str, Any] | None = None  # {"thresholds": [...], "choose": "METRIC[:REGION]" or None}
 
     @property
     def directions(self) -> list[str]:
@@ -177,6 +186,7 @@ class SearchSpace:
             "sampler": self.sampler,
             "pruner": self.pruner,
             "fixed": self.fixed,
+            "gate_scan": self.gate_scan,
         }
 
     def identity(self) -> dict[str, Any]:
@@ -234,10 +244,12 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"{where}: n_trials must be a positive integer, got {n_trials!r}")
     heartbeat = _parse_heartbeat(raw.get("heartbeat") or {}, where)
+    gate_scan = _parse_gate_scan(raw.get("gate_scan"), where)
 
     space = SearchSpace(path=path, experiment=str(raw["experiment"]), experiment_path=experiment_path,
                         base_config=base_config, parameters=parameters, objectives=objectives, seeds=seeds,
-                        sampler=sampler, pruner=pruner, n_trials=n_trials, fixed=fixed, heartbeat=heartbeat)
+                        sampler=sampler, pruner=pruner, n_trials=n_trials, fixed=fixed, heartbeat=heartbeat,
+                        gate_scan=gate_scan)
     space.make_sampler()  # fail now, not in the first trial, on options the class does not take
     space.make_pruner()
     return space
@@ -371,6 +383,27 @@ def _parse_component(raw: Any, kind: str, where: str) -> dict[str, Any]:
         name = raw.get("name") if isinstance(raw, dict) else raw
         raise ConfigError(f"{where}: {kind} {name!r} unknown; use one of {', '.join(known)}")
     return dict(raw)
+
+
+def _parse_gate_scan(raw: Any, where: str) -> dict[str, Any] | None:
+    from sgnet_lightning.evaluation import METRICS
+    from sgnet_lightning.gate_scan import DEFAULT_THRESHOLDS
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"thresholds", "choose"}:
+        raise ConfigError(f"{where}: gate_scan takes thresholds (a list in (0, 1)) and choose (METRIC[:REGION])")
+    thresholds = raw.get("thresholds", list(DEFAULT_THRESHOLDS))
+    if (not isinstance(thresholds, list) or not thresholds
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds)):
+        raise ConfigError(f"{where}: gate_scan.thresholds must be a list of numbers in (0, 1), got {thresholds!r}")
+    choose = raw.get("choose")
+    if choose is not None:
+        metric = str(choose).partition(":")[0]
+        if METRICS.get(metric) is None:
+            raise ConfigError(f"{where}: gate_scan.choose {choose!r}: not a metric with a better and a worse "
+                              f"({', '.join(m for m, higher in METRICS.items() if higher is not None)})")
+    return {"thresholds": [float(t) for t in thresholds], "choose": choose}
 
 
 def _parse_heartbeat(raw: Any, where: str) -> dict[str, Any]:

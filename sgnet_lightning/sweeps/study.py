@@ -3,7 +3,8 @@ the validation split; any number of workers share the study through its storage.
 
 Trial folders: ``<runs_root>/<study>/trial<N>/seed<k>/`` (an ordinary run folder, see
 :mod:`sgnet_lightning.experiment`) with ``validation_results.csv``, the per-subject validation
-scores the objective was computed from. A retry of a trial whose worker died continues in the
+scores the objective was computed from, and, where the space has ``gate_scan`` and the trial's
+network hard gates, ``gate_scan/`` (:mod:`sgnet_lightning.gate_scan`, validation split only). A retry of a trial whose worker died continues in the
 first attempt's folder, from its last checkpoint.
 
 Study attributes written (``study.user_attrs``): ``space`` (the space's record, for ``sweep best``
@@ -51,7 +52,8 @@ _DISTANCE_METRICS = {"hd95_mm", "assd_mm", "nsd", "lesion_hd95_mm"}
 def run_sweep(space: SearchSpace, study_name: str, storage: str | None = None, n_trials: int | None = None,
               runs_root: str | Path = "runs/sweeps", timeout: float | None = None,
               heartbeat_interval: int | None = None, grace_period: int | None = None,
-              max_retry: int | None = None, max_consecutive_failures: int = 5) -> optuna.Study:
+              max_retry: int | None = None, max_consecutive_failures: int = 5,
+              callbacks: Sequence = ()) -> optuna.Study:
     """Create or continue study ``study_name`` and run trials until it has ``n_trials`` finished ones.
 
     ``n_trials`` is the study's target, not this worker's share: every worker (and every rerun)
@@ -71,6 +73,7 @@ def run_sweep(space: SearchSpace, study_name: str, storage: str | None = None, n
         heartbeat_interval, grace_period, max_retry: override the space's ``heartbeat`` block.
         max_consecutive_failures: stop this worker, with an error, after this many failed trials
             in a row (a broken setup should not spin through the whole budget).
+        callbacks: extra Lightning callbacks every trial trains with (a launched worker's).
 
     Raises:
         ConfigChangedError: the study exists with another search space, budget, objectives or seeds.
@@ -106,7 +109,7 @@ def run_sweep(space: SearchSpace, study_name: str, storage: str | None = None, n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(
-            TrialObjective(space, study_name, runs_root / study_name),
+            TrialObjective(space, study_name, runs_root / study_name, callbacks),
             timeout=timeout,
             catch=(Exception,),  # a crashing trial is recorded FAILED (with its error) and the study goes on
             callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), guard],
@@ -193,8 +196,9 @@ class TrialObjective:
     ``PyTorchLightningPruningCallback``; a pruned trial stops there and its other seeds never run.
     """
 
-    def __init__(self, space: SearchSpace, study_name: str, study_dir: Path):
+    def __init__(self, space: SearchSpace, study_name: str, study_dir: Path, callbacks: Sequence = ()):
         self.space, self.study_name, self.study_dir = space, study_name, Path(study_dir)
+        self.callbacks = list(callbacks)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         values = self.space.suggest(trial)
@@ -230,16 +234,32 @@ class TrialObjective:
         set_dotted(config, "run.resume", resume)
         wandb = dict(get_dotted(config, "run.wandb") or {})
         set_dotted(config, "run.wandb", {**wandb, "group": self.study_name, "name": f"trial-{trial.number}-seed{seed}"})
-        callbacks = []
+        callbacks = list(self.callbacks)
         if first and self.space.prunes:
             from optuna_integration import PyTorchLightningPruningCallback
 
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=PRUNING_MONITOR))
         metrics = train(config, run_dir=run_dir, callbacks=callbacks, resume=resume)
         scores = score_run(self.space.objectives, metrics, config, run_dir)
+        if self.space.gate_scan is not None:
+            scan_trial_gates(self.space.gate_scan, config, run_dir)
         for label, value in scores.items():
             trial.set_user_attr(f"seed{seed}/{label}", value)
         return scores
+
+
+def scan_trial_gates(options: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Path | None:
+    """The space's gate scan of one trained seed (validation split, fixed weights) into
+    ``<run_dir>/gate_scan/``; None, with a log line, for a network without hard gates."""
+    from sgnet_lightning.gate_scan import SCAN_DIR, NoHardGatesError, run_gate_scan
+
+    try:
+        run_gate_scan(config, run_dir, ckpt=str(trained_checkpoint(run_dir)), thresholds=options["thresholds"],
+                      choose=options.get("choose"))
+    except NoHardGatesError as err:  # e.g. a trial that drew gate_mode soft
+        log.info("%s: no gate scan: %s", run_dir, err)
+        return None
+    return run_dir / SCAN_DIR
 
 
 # -- scoring on the validation split -----------------------------------------------------------------
