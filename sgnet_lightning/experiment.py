@@ -23,7 +23,6 @@ import copy
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -39,7 +38,7 @@ from sgnet_lightning import tracking
 from sgnet_lightning.config import get_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, lock_differences, locked_config, write_lock
 from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
-from sgnet_lightning.errors import ConfigError, SgnetError
+from sgnet_lightning.errors import SgnetError
 
 log = logging.getLogger(__name__)
 

@@ -215,10 +215,10 @@ def run_gate_scan(config: dict[str, Any], run_dir: str | Path | None = None, ckp
     Returns the summary (see ``summary.json``) with ``"operating_point"`` (the chosen threshold,
     stored or not).
     """
+    from sgnet_lightning.config import get_dotted
     from sgnet_lightning.data.labels import get_task
     from sgnet_lightning.data.manifest import Manifest
     from sgnet_lightning.experiment import checkpoint_path, run_dir_for
-    from sgnet_lightning.config import get_dotted
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     checkpoint = checkpoint_path(run_dir, ckpt)

@@ -132,8 +132,8 @@ def test_stored_operating_point_is_used_by_test_and_predict(gated_run, tmp_path,
     info = json.loads((run_dir / "run.json").read_text())
     assert (info["test_gate_threshold"], info["test_gate_threshold_source"]) == (point["gate_threshold"], "validated")
     assert sorted(validated["subject"].unique()) == sorted(trained["subject"].unique())
-    opened = [trained[trained["metric"] == f"gate_open_fraction_{level}"]["value"].mean() for level in range(LEVELS)]
-    closed = [validated[validated["metric"] == f"gate_open_fraction_{level}"]["value"].mean() for level in range(LEVELS)]
+    opened, closed = ([table.loc[table["metric"] == f"gate_open_fraction_{level}", "value"].mean()
+                       for level in range(LEVELS)] for table in (trained, validated))
     assert all(c < o for c, o in zip(closed, opened)), (closed, opened)
 
     # predict: the same operating point closes the written gate maps; every level is written

@@ -46,7 +46,9 @@ LABELS = {"dice": "Dice", "precision": "precision", "recall": "recall", "hd95_mm
 
 
 def _mean_sd(values: pd.Series, digits: int) -> str:
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else f"{values.mean():.{digits}f}"
+    if len(values) < 2:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _digits(metric: str) -> int:
@@ -75,7 +77,7 @@ def headline(bench, distractors: dict) -> tuple[pd.DataFrame, list[dict]]:
         fp = distractors.get(model, {}).get(REGION)
         if fp:
             on = fp["fp_lesions_mean"] - fp["fp_elsewhere_mean"]
-            row["FP lesions on distractors / all (per seed, all test subjects)"] = f"{on:.1f} / {fp['fp_lesions_mean']:.1f}"
+            row["FP lesions on distractors / all (per seed)"] = f"{on:.1f} / {fp['fp_lesions_mean']:.1f}"
             record["distractor_fp"] = fp
         rows.append(row)
         records.append(record)
@@ -153,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = load_benchmark_folder(bench_dir)
     stats = pd.read_csv(bench_dir / "stats" / "stats.csv")
     distractors = json.loads((bench_dir / "distractor_fp.json").read_text())
-    for source, name in ((bench_dir / "stats" / "stats.csv", "stats.csv"), (bench_dir / "stats" / "stats.json", "stats.json"),
-                         (bench_dir / "distractor_fp.csv", "distractor_fp.csv"),
-                         (bench_dir / "distractor_fp.json", "distractor_fp.json")):
-        shutil.copyfile(source, out / name)
+    for source in (bench_dir / "stats" / "stats.csv", bench_dir / "stats" / "stats.json",
+                   bench_dir / "distractor_fp.csv", bench_dir / "distractor_fp.json"):
+        shutil.copyfile(source, out / source.name)
     atomic_write_text(out / "results.csv", bench.results.to_csv(index=False))
 
     curves, scans = training_gate_curves(bench), gate_scans(bench)

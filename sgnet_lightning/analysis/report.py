@@ -471,7 +471,7 @@ def _seed_spread_section(bench: Benchmark, stats: pd.DataFrame) -> Section:
 def _significance_section(bench: Benchmark, pairwise: dict[tuple[str, str], pd.DataFrame]) -> Section:
     blocks: list = [
         "Two-sided Wilcoxon signed-rank p between every pair of models on per-subject Dice "
-        f"(seed-averaged, zero_method pratt), Holm-corrected over all pairs of a region."
+        "(seed-averaged, zero_method pratt), Holm-corrected over all pairs of a region."
     ]
     if not pairwise:
         return Section("Significance matrix", blocks + ["No Dice results."])

@@ -4,8 +4,8 @@ the validation split; any number of workers share the study through its storage.
 Trial folders: ``<runs_root>/<study>/trial<N>/seed<k>/`` (an ordinary run folder, see
 :mod:`sgnet_lightning.experiment`) with ``validation_results.csv``, the per-subject validation
 scores the objective was computed from, and, where the space has ``gate_scan`` and the trial's
-network hard gates, ``gate_scan/`` (:mod:`sgnet_lightning.gate_scan`, validation split only). A retry of a trial whose worker died continues in the
-first attempt's folder, from its last checkpoint.
+network hard gates, ``gate_scan/`` (:mod:`sgnet_lightning.gate_scan`, validation split only). A
+retry of a trial whose worker died continues in the first attempt's folder, from its last checkpoint.
 
 Study attributes written (``study.user_attrs``): ``space`` (the space's record, for ``sweep best``
 and ``report``) and ``space_lock`` (:func:`space_lock` and its hash): a rerun or another worker with
