@@ -21,6 +21,7 @@ import yaml
 from sgnet_lightning import bench
 from sgnet_lightning.cli import main
 from sgnet_lightning.data.synth import synthesize_dataset
+from sgnet_lightning.errors import ConfigError
 from sgnet_lightning.models import list_models
 
 MEAN_ABS_TOLERANCE = 0.02
@@ -119,7 +120,7 @@ def test_suite_numerics_match_fp32(name):
 
 
 def test_unknown_model_is_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown model.*nonet"):
+    with pytest.raises(ConfigError, match="unknown model.*nonet"):
         bench.run_bench(tmp_path / "x.json", models=["nonet"], quick=True)
 
 

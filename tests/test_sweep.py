@@ -501,21 +501,22 @@ def test_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_checkp
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"})
     storage, runs = f"sqlite:///{tmp_path / 'hb.db'}", tmp_path / "runs"
     heartbeat = ["--heartbeat-interval", "1", "--grace-period", "3"]
-    # worker A gets a long budget and is killed once its first epoch is checkpointed
-    worker = start_worker(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat,
-                                         "--set", "trainer.max_epochs=200"), tmp_path / "killed.log")
+    # Both workers run the same budget (the study's space lock refuses another one). Worker A is killed
+    # once its first of four epochs is checkpointed, three epochs before it could finish.
+    budget = ["--set", "trainer.max_epochs=4", "--set", "data.steps_per_epoch=12"]
+    worker = start_worker(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat, *budget),
+                          tmp_path / "killed.log")
     last = runs / "hb" / "trial0" / "seed0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.is_file() and worker.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert last.is_file(), (tmp_path / "killed.log").read_text()[-3000:]
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     time.sleep(4)  # > grace period since the last heartbeat
 
     caplog.set_level("INFO", logger="sgnet_lightning.experiment")
-    assert cli.main(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat,
-                                   "--set", "trainer.max_epochs=3")) == 0
+    assert cli.main(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat, *budget)) == 0
     trials = optuna.load_study(study_name="hb", storage=open_storage(storage)).trials
     assert [t.state for t in trials] == [FAIL, COMPLETE]
     killed, retry = trials
