@@ -23,6 +23,11 @@ the changed keys per model and seed, if any differs; ``--redo-changed`` moves th
 (``<run>.replaced-<time>``) and runs them anew. ``benchmark.json`` lists the runs of the current
 config with their config hashes, and gathering (results, statistics, report) reads only those: a
 model or seed dropped from the YAML is left out, with a line saying so.
+
+``--launcher local|slurm`` runs the missing runs side by side on this machine's GPUs (or CPUs) or as
+one SLURM array (:mod:`sgnet_lightning.launch`); every launcher does a run through :func:`run_one`,
+so results do not depend on the launcher. ``sgnet benchmark status`` lists every run as done,
+running, queued, failed or missing, with its job and log.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from sgnet_lightning import tracking
 from sgnet_lightning.config import deep_merge, load_config
 from sgnet_lightning.config_lock import ConfigChangedError, config_hash, lock_differences, locked_config
 from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
-from sgnet_lightning.errors import ConfigError
+from sgnet_lightning.errors import ConfigError, SgnetError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[str] | None = None,
-                  redo_changed: bool = False) -> Path:
+                  redo_changed: bool = False, launcher=None, wait: bool = False) -> Path | None:
     """Run every missing fit + test of a benchmark, gather its per-subject results; return its folder.
 
     Before anything runs, every existing run folder of the benchmark (complete, or partial with a
@@ -102,18 +107,28 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
     the changed keys per model and seed, unless ``redo_changed``: then those folders are moved aside
     to ``<run>.replaced-<time>`` (kept, never gathered) and their runs start anew.
 
+    Runs that a job is doing or will do (queued or running, see :mod:`sgnet_lightning.launch.status`)
+    are left to it; the others still missing, or failed, are run by ``launcher``: one after another in
+    this process (inline, the default), side by side on this machine (local), or as one SLURM array.
+
     Args:
         path: benchmark YAML.
         overrides: merged into the benchmark config (``--set``, ``--data``).
         only: model labels to run now (the others' finished runs are still gathered).
         redo_changed: move aside and redo runs made with another config.
+        launcher: a :class:`sgnet_lightning.launch.Launcher` (default: inline).
+        wait: SLURM: wait for the array to finish, then gather (default: submit and return None).
 
     Raises:
         ConfigChangedError: runs made with another config, without ``redo_changed``.
+        SgnetError: runs that failed (named, with their last error line).
     """
     from sgnet_lightning.analysis.results import gather_results, write_results
-    from sgnet_lightning.experiment import check_writable, run_test, train
+    from sgnet_lightning.experiment import check_writable
+    from sgnet_lightning.launch import load_launcher
+    from sgnet_lightning.launch.jobs import benchmark_states, launch_benchmark_runs
 
+    launcher = launcher or load_launcher()
     bench = load_benchmark(path, overrides)
     bench_dir = Path(bench["dir"])
     unknown = sorted(set(only or []) - set(bench["models"]))
@@ -122,29 +137,83 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
     check_writable(bench_dir)
     for run in bench["runs"]:
         run["locked"] = locked_config(run["config"])
+    states = {_run_name(run): state.state for run, state in zip(bench["runs"], benchmark_states(bench))}
     changed = _changed_runs(bench)
     if changed and not redo_changed:
         raise ConfigChangedError(_changed_message(bench, path, changed))
+    busy = [_run_name(run) for run, _ in changed if states[_run_name(run)] in ("queued", "running")]
+    if busy:
+        raise SgnetError(f"cannot move aside {', '.join(busy)}: a job is using the folder (see `sgnet benchmark "
+                         "status`); cancel it or wait for it")
     for run, _ in changed:
         _move_aside(run_dir_of(bench, run))
+        states[_run_name(run)] = "missing"
     _write_benchmark_json(bench)
     runs = [r for r in bench["runs"] if not only or r["label"] in only]
-    todo = [r for r in runs if not is_complete(run_dir_of(bench, r))]
-    log.info("benchmark %s: %d runs, %d done, %d to run", bench["name"], len(runs), len(runs) - len(todo), len(todo))
-    progress = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"benchmark {bench['name']}", unit="run")
-    for run in todo:
-        run_dir = run_dir_of(bench, run)
-        progress.set_postfix_str(_run_name(run))
-        start = time.perf_counter()
-        train(run["config"], run_dir=run_dir)
-        run_test(run["config"], run_dir=run_dir, ckpt="best")
-        _finish_run(run_dir, run, time.perf_counter() - start)
-        progress.update(1)
-    progress.close()
+    elsewhere = [r for r in runs if states[_run_name(r)] in ("queued", "running")]
+    todo = [r for r in runs if states[_run_name(r)] not in ("done", "queued", "running")]
+    log.info("benchmark %s: %d runs, %d done, %d queued or running in jobs, %d to run (%s launcher)", bench["name"],
+             len(runs), sum(states[_run_name(r)] == "done" for r in runs), len(elsewhere), len(todo), launcher.kind)
+    if launcher.inline:
+        progress = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"benchmark {bench['name']}", unit="run")
+        for run in todo:
+            progress.set_postfix_str(_run_name(run))
+            run_one(bench, run)
+            progress.update(1)
+        progress.close()
+    elif todo:
+        failed = launch_benchmark_runs(bench, todo, launcher, wait)
+        if failed:
+            raise SgnetError(f"{len(failed)} of {len(todo)} run(s) failed: "
+                             + "; ".join(f"{name}: {error}" for name, error in failed.items())
+                             + f"; `sgnet benchmark status --config {path}` lists them with their logs, and "
+                             "rerunning this command runs them again (from their last.ckpt)")
+        if launcher.kind == "slurm" and not wait:
+            return None
+    if elsewhere and launcher.kind == "slurm" and not wait:
+        log.info("%d run(s) still queued or running: rerun when they are done to gather the results", len(elsewhere))
+        return None
     results = gather_results(bench_dir)  # the runs benchmark.json lists, no others
     write_results(results, bench_dir / "results.csv")
     log.info("gathered %d result rows into %s", len(results), bench_dir / "results.csv")
     return bench_dir
+
+
+def run_one(bench: dict, run: dict, resources=None) -> Path:
+    """Fit + test one run of a benchmark into its folder, then mark it ``COMPLETE``; return the folder.
+
+    The one path every launcher takes (the inline loop, a local job, a SLURM task): training resumes
+    from ``last.ckpt`` when the folder has one, the best checkpoint is tested, ``run.json`` gets the
+    run's identity and times, and ``COMPLETE`` is written last. A complete run is left as it is, so a
+    task that runs again (requeued, or rerun) does only what is missing. ``task.json`` records the
+    process doing it (:mod:`sgnet_lightning.launch.tasks`).
+
+    Args:
+        bench: the benchmark (only ``bench["dir"]`` is read).
+        run: ``{"label", "seed", "fold", "config"}``, an entry of ``load_benchmark(...)["runs"]``.
+        resources: this process's share of the machine (:class:`~sgnet_lightning.launch.tasks.Resources`:
+            torch threads, at most so many loader workers); None: as configured.
+    """
+    from sgnet_lightning.experiment import run_test, train
+    from sgnet_lightning.launch.status import TASK_FILE
+    from sgnet_lightning.launch.tasks import Resources, TaskRecord, checkpoint_epoch, launched_run_callbacks
+
+    run_dir = run_dir_of(bench, run)
+    if is_complete(run_dir):
+        return run_dir
+    resources = resources or Resources()
+    resources.set_threads()
+    config = resources.cap(run["config"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with TaskRecord(run_dir / TASK_FILE, resources, resumed=last.is_file(),
+                    resumed_from_epoch=checkpoint_epoch(last) if last.is_file() else None):
+        start = time.perf_counter()
+        train(config, run_dir=run_dir, callbacks=launched_run_callbacks())
+        tested = time.perf_counter()
+        run_test(config, run_dir=run_dir, ckpt="best", callbacks=launched_run_callbacks())
+        end = time.perf_counter()
+        _finish_run(run_dir, run, wall_time_s=end - start, test_time_s=end - tested)
+    return run_dir
 
 
 def _run_name(run: dict) -> str:
@@ -189,12 +258,14 @@ def _move_aside(run_dir: Path) -> Path:
     return target
 
 
-def _finish_run(run_dir: Path, run: dict, wall_time_s: float) -> None:
+def _finish_run(run_dir: Path, run: dict, wall_time_s: float, test_time_s: float) -> None:
+    """Complete ``run.json`` (identity, ``wall_time_s`` of this attempt's fit + test, ``test_time_s``;
+    ``train_time_s`` sums every attempt) and write ``COMPLETE``."""
     import json
 
     info = json.loads((run_dir / "run.json").read_text())
     info.update(model=run["label"], options=run["config"].get("model", {}).get("network_options") or {},
-                seed=run["seed"], fold=run["fold"], wall_time_s=wall_time_s, complete=True)
+                seed=run["seed"], fold=run["fold"], wall_time_s=wall_time_s, test_time_s=test_time_s, complete=True)
     atomic_write_json(run_dir / "run.json", info)
     atomic_write_text(run_dir / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last: marks the run done
 
@@ -265,3 +336,80 @@ def _write_benchmark_json(bench: dict) -> None:
     atomic_write_json(path, info)
     atomic_write_text(Path(bench["dir"]) / "benchmark.yaml", yaml.safe_dump(
         {k: v for k, v in bench.items() if k not in ("runs", "dir")}, sort_keys=False))
+
+
+# -- command line -------------------------------------------------------------------------------------------
+def cmd_benchmark(args) -> int:
+    """``sgnet benchmark [run]``: run what is missing (through the launcher), gather the results."""
+    from sgnet_lightning.launch import command_line_overrides, load_launcher
+
+    launcher = load_launcher(args.launcher, command_line_overrides(args.launcher_set, args.gpus, args.workers))
+    bench_dir = run_benchmark(args.config, overrides=_benchmark_overrides(args), only=args.only,
+                              redo_changed=args.redo_changed, launcher=launcher, wait=args.wait)
+    if bench_dir is None:
+        print(f"`sgnet benchmark status --config {args.config}` shows where each run stands; rerun this command "
+              "(or add --wait) to gather the results once they are done")
+    else:
+        print(f"benchmark results: {bench_dir / 'results.csv'}")
+    return 0
+
+
+def cmd_benchmark_status(args) -> int:
+    """``sgnet benchmark status``: every run's state, job and log; ``--project``: wall-time projection."""
+    from sgnet_lightning.launch.jobs import format_benchmark_status
+    from sgnet_lightning.launch.projection import format_projection, project
+
+    bench = load_benchmark(args.config, _benchmark_overrides(args))
+    if not args.project:
+        print(format_benchmark_status(bench))
+        return 0
+    projection = project(bench, args.slots, measured_from=args.measured_from, anchors_file=args.anchors)
+    if args.json:
+        atomic_write_json(args.json, projection)
+    print(format_projection(projection))
+    return 0
+
+
+def _benchmark_overrides(args) -> dict:
+    from sgnet_lightning.config import parse_overrides
+
+    overrides = parse_overrides(args.set or [])
+    if args.data:
+        overrides = deep_merge(overrides, {"budget": {"data": {"data_root": args.data}}})
+    return overrides
+
+
+def register_benchmark_command(sub) -> None:
+    """Add ``sgnet benchmark [run|status]`` to the ``sgnet`` parser."""
+    from sgnet_lightning.cli import _positive_int
+
+    p = sub.add_parser("benchmark", help="every model x seed [x fold]: fit + test, resumable; `status`: where each "
+                                         "run stands")
+    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
+                   help="run (default): run what is missing and gather; status: list every run's state")
+    p.add_argument("--config", required=True, help="benchmark YAML (experiments/benchmarks/...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in the benchmark config")
+    p.add_argument("--data", help="folder of the real data set (overrides the manifest's root)")
+    p.add_argument("--only", nargs="*", help="model labels to run")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="runs made with another config than the YAML now gives: move them aside "
+                        "(<run>.replaced-<time>) and run them anew (default: refuse, listing the changes)")
+    launch = p.add_argument_group("launcher (run)")
+    launch.add_argument("--launcher", default="inline",
+                        help="inline (default: one run after another here), local (side by side on this machine's "
+                             "GPUs or CPUs), slurm (one job array), or a launcher YAML (experiments/launchers/)")
+    launch.add_argument("--launcher-set", action="append", metavar="KEY=VALUE",
+                        help="launcher setting, e.g. runs_per_gpu=2, partition=gpu, time_min=720")
+    launch.add_argument("--gpus", help="local: GPU indices to use, e.g. 0,1,2,3 (default: every visible GPU)")
+    launch.add_argument("--workers", type=_positive_int, help="local, CPU-only machine: runs at a time")
+    launch.add_argument("--wait", action="store_true", help="slurm: wait for the array, then gather the results")
+    projection = p.add_argument_group("projection (status --project)")
+    projection.add_argument("--project", action="store_true",
+                            help="project the benchmark's wall time on --slots parallel slots")
+    projection.add_argument("--slots", type=_positive_int, nargs="+", default=[1, 8],
+                            help="numbers of parallel slots (GPUs x runs per GPU, SLURM tasks at once)")
+    projection.add_argument("--measured-from", help="benchmark folder whose run.json times to use (default: this one)")
+    projection.add_argument("--anchors", help="GPU throughput anchors JSON instead of measured times (a lower bound)")
+    projection.add_argument("--json", help="also write the projection as JSON")
+    p.set_defaults(func=lambda args: (cmd_benchmark_status if args.action == "status" else cmd_benchmark)(args))
+

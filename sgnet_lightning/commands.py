@@ -6,18 +6,6 @@ import argparse
 from pathlib import Path
 
 
-def cmd_benchmark(args) -> int:
-    from sgnet_lightning.benchmark import run_benchmark
-    from sgnet_lightning.config import deep_merge, parse_overrides
-
-    overrides = parse_overrides(args.set or [])
-    if args.data:
-        overrides = deep_merge(overrides, {"budget": {"data": {"data_root": args.data}}})
-    bench_dir = run_benchmark(args.config, overrides=overrides, only=args.only, redo_changed=args.redo_changed)
-    print(f"benchmark results: {bench_dir / 'results.csv'}")
-    return 0
-
-
 def cmd_stats(args) -> int:
     from sgnet_lightning.analysis.results import load_results
     from sgnet_lightning.analysis.stats import compute_stats, primary_endpoint, write_stats
@@ -92,15 +80,9 @@ def register_more(sub: argparse._SubParsersAction) -> None:
                    help="store the operating point in <run>/operating_point.json, for --gate-threshold validated")
     p.set_defaults(func=cmd_gate_scan)
 
-    p = sub.add_parser("benchmark", help="every model x seed [x fold]: fit + test, resumable")
-    p.add_argument("--config", required=True, help="benchmark YAML (experiments/benchmarks/...)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in the benchmark config")
-    p.add_argument("--data", help="folder of the real data set (overrides the manifest's root)")
-    p.add_argument("--only", nargs="*", help="model labels to run")
-    p.add_argument("--redo-changed", action="store_true",
-                   help="runs made with another config than the YAML now gives: move them aside "
-                        "(<run>.replaced-<time>) and run them anew (default: refuse, listing the changes)")
-    p.set_defaults(func=cmd_benchmark)
+    from sgnet_lightning.benchmark import register_benchmark_command
+
+    register_benchmark_command(sub)  # sgnet benchmark [run|status], with its launcher options
 
     p = sub.add_parser("stats", help="paired statistics over a benchmark's per-subject results")
     p.add_argument("--results", required=True, help="results CSV or benchmark folder")

@@ -44,6 +44,10 @@ EXCLUDED_KEYS: dict[str, str] = {
     "trainer.enable_progress_bar": "console output",
     "trainer.enable_model_summary": "console output",
 }
+# data.num_workers is left out too unless data.torchio_transforms is set: the queue's workers only
+# load subjects, in the sampler's order, and patches and augmentation are drawn in the training
+# process, so the batches are the same for any number of workers (tests/test_launch.py); TorchIO's
+# own random transforms would draw in the workers. Launchers lower it to a run's share of the CPUs.
 _UNSET = object()  # a key one side lacks
 
 
@@ -61,6 +65,8 @@ def locked_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[st
     locked = json.loads(json.dumps(config, default=str))  # a deep copy in JSON types (tuples -> lists)
     for key in (*EXCLUDED_KEYS, *drop):
         _remove_dotted(locked, key)
+    if not (config.get("data") or {}).get("torchio_transforms"):
+        _remove_dotted(locked, "data.num_workers")  # see the note above _UNSET
     locked = _without_empty_sections(locked)  # `run: {}` and no `run` configure the same run
     manifest = (config.get("data") or {}).get("manifest")
     if manifest:

@@ -49,3 +49,24 @@ def make_config(phantom_bml, tmp_path):
         return tiny_config(phantom_bml, tmp_path / "runs", network, **sections)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def micro_reference(tmp_path_factory) -> dict[str, Path]:
+    """The 2-model x 2-seed micro-benchmark (``tests/_micro_benchmark.py``) run by the sequential
+    command on one torch thread: what every launcher must reproduce. Returns ``data`` (its data
+    set), ``bench_dir`` (the reference's folder)."""
+    import torch
+    from _micro_benchmark import write_micro_benchmark, write_tiny_data
+
+    from sgnet_lightning.benchmark import run_benchmark
+
+    root = tmp_path_factory.mktemp("micro")
+    data = write_tiny_data(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched run gets on 2 cores: CPU sums depend on the thread count
+    try:
+        bench_dir = run_benchmark(write_micro_benchmark(root / "configs", data, root / "runs"))
+    finally:
+        torch.set_num_threads(threads)
+    return {"data": data, "bench_dir": bench_dir}

@@ -153,8 +153,9 @@ def _claim_or_check(study: optuna.Study, space: SearchSpace, storage: str) -> No
     budget to an existing one, listing the changed keys."""
     mine = space_lock(space)
     if "space" not in study.user_attrs:
-        study.set_user_attr("space", space.to_record())
+        # the lock first: a worker started at the same moment that sees "space" also sees the lock
         study.set_user_attr(SPACE_LOCK, {"hash": config_hash(mine), "lock": mine})
+        study.set_user_attr("space", space.to_record())
         return
     recorded = study.user_attrs.get(SPACE_LOCK)
     where = f"study {study.study_name!r} in {safe_url(storage)}"
