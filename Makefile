@@ -7,14 +7,17 @@ PHANTOM_N ?= 24
 PHANTOM_SIZE ?= 64
 CACHE ?= cache
 
-.PHONY: install test test-fast demo phantoms benchmark stats report sweep perf clean help
+.PHONY: install test test-fast demo phantoms benchmark benchmark-status stats report sweep sweep-status perf clean help
 
 help:
 	@echo "make install     install the package and its test dependencies"
 	@echo "make demo        phantoms -> benchmark (5 architectures x 2 seeds, CPU) -> stats -> report"
 	@echo "make test        the whole test suite"
-	@echo "make benchmark DATASET=bml DATA=/path/to/data   full multi-seed comparison (GPU box)"
-	@echo "make sweep SPACE=sweeps/sgnet_gate.yaml STORAGE=postgresql://...   Optuna study"
+	@echo "make benchmark DATASET=bml DATA=/path/to/data [LAUNCHER=local GPUS=0,1,2,3 | LAUNCHER=slurm]"
+	@echo "                 full multi-seed comparison (GPU box or SLURM cluster; docs/cluster.md)"
+	@echo "make benchmark-status DATASET=bml   every run: done / running / queued / failed, job and log"
+	@echo "make sweep SPACE=sweeps/sgnet_gate.yaml STORAGE=postgresql://... [LAUNCHER=slurm WORKERS=8]"
+	@echo "                 Optuna study; make sweep-status STUDY=... STORAGE=..."
 	@echo "make perf        speed benchmark (seed way vs suite defaults) on this machine's device"
 
 # `make demo` and `make test` set themselves up: torch (kept if present, e.g. a CUDA build),
@@ -52,10 +55,23 @@ demo: $(INSTALLED) data/phantom_bml/dataset_info.json
 	$(SGNET) report --benchmark runs/demo --out runs/demo/report --reference unet
 	@$(PYTHON) -m sgnet_lightning.analysis.summary runs/demo
 
+# LAUNCHER: inline (one run after another here), local (GPUS=0,1,2,3, or WORKERS=N on a CPU-only
+# machine) or slurm (one job array; --wait: make goes on to stats and report once it is done), or a
+# launcher YAML; LAUNCHER_SET: space-separated key=value settings (experiments/launchers/*.yaml).
+LAUNCHER ?= inline
+GPUS ?=
+WORKERS ?=
+LAUNCHER_SET ?=
+LAUNCH_ARGS = --launcher $(LAUNCHER) $(if $(GPUS),--gpus $(GPUS),) $(if $(WORKERS),--workers $(WORKERS),) \
+	$(foreach setting,$(LAUNCHER_SET),--launcher-set $(setting)) --wait
+
 benchmark:
-	$(SGNET) benchmark --config experiments/benchmarks/$(DATASET).yaml $(if $(DATA),--data $(DATA),)
+	$(SGNET) benchmark --config experiments/benchmarks/$(DATASET).yaml $(if $(DATA),--data $(DATA),) $(LAUNCH_ARGS)
 	$(SGNET) stats --results runs/$(DATASET) --reference unet --out runs/$(DATASET)/stats
 	$(SGNET) report --benchmark runs/$(DATASET) --out runs/$(DATASET)/report
+
+benchmark-status:
+	$(SGNET) benchmark status --config experiments/benchmarks/$(DATASET).yaml $(if $(DATA),--data $(DATA),)
 
 stats:
 	$(SGNET) stats --results runs/$(DATASET) --reference unet --out runs/$(DATASET)/stats
@@ -68,7 +84,11 @@ STUDY ?= $(basename $(notdir $(SPACE)))
 STORAGE ?=
 N_TRIALS ?=
 sweep:
-	$(SGNET) sweep run $(SPACE) --study $(STUDY) $(if $(N_TRIALS),--n-trials $(N_TRIALS),) $(if $(STORAGE),--storage $(STORAGE),)
+	$(SGNET) sweep run $(SPACE) --study $(STUDY) $(if $(N_TRIALS),--n-trials $(N_TRIALS),) $(if $(STORAGE),--storage $(STORAGE),) \
+		$(if $(filter-out inline,$(LAUNCHER)),$(LAUNCH_ARGS),)
+
+sweep-status:
+	$(SGNET) sweep status --study $(STUDY) $(if $(STORAGE),--storage $(STORAGE),)
 
 perf:
 	$(SGNET) bench --out runs/perf/bench.json
