@@ -126,7 +126,7 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
     from sgnet_lightning.analysis.results import gather_results, write_results
     from sgnet_lightning.experiment import check_writable
     from sgnet_lightning.launch import load_launcher
-    from sgnet_lightning.launch.jobs import benchmark_states, launch_benchmark_runs
+    from sgnet_lightning.launch.jobs import benchmark_states, launch_benchmark_runs, wait_for_benchmark
 
     launcher = launcher or load_launcher()
     bench = load_benchmark(path, overrides)
@@ -154,6 +154,8 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
     todo = [r for r in runs if states[_run_name(r)] not in ("done", "queued", "running")]
     log.info("benchmark %s: %d runs, %d done, %d queued or running in jobs, %d to run (%s launcher)", bench["name"],
              len(runs), sum(states[_run_name(r)] == "done" for r in runs), len(elsewhere), len(todo), launcher.kind)
+    failed: dict[str, str] = {}
+    waited = todo + elsewhere if launcher.kind == "slurm" else todo
     if launcher.inline:
         progress = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"benchmark {bench['name']}", unit="run")
         for run in todo:
@@ -162,17 +164,18 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
             progress.update(1)
         progress.close()
     elif todo:
-        failed = launch_benchmark_runs(bench, todo, launcher, wait)
-        if failed:
-            raise SgnetError(f"{len(failed)} of {len(todo)} run(s) failed: "
-                             + "; ".join(f"{name}: {error}" for name, error in failed.items())
-                             + f"; `sgnet benchmark status --config {path}` lists them with their logs, and "
-                             "rerunning this command runs them again (from their last.ckpt)")
-        if launcher.kind == "slurm" and not wait:
+        failed = launch_benchmark_runs(bench, todo, launcher)
+    if launcher.kind == "slurm" and (todo or elsewhere):
+        if not wait:
             return None
-    if elsewhere and launcher.kind == "slurm" and not wait:
-        log.info("%d run(s) still queued or running: rerun when they are done to gather the results", len(elsewhere))
-        return None
+        failed = wait_for_benchmark(bench, waited)
+    elif elsewhere:
+        log.warning("%d run(s) still queued or running in other jobs: gathering without them", len(elsewhere))
+    if failed:
+        raise SgnetError(f"{len(failed)} of {len(waited)} run(s) failed: "
+                         + "; ".join(f"{name}: {error}" for name, error in failed.items())
+                         + f"; `sgnet benchmark status --config {path}` lists them with their logs, and "
+                         "rerunning this command runs them again (from their last.ckpt)")
     results = gather_results(bench_dir)  # the runs benchmark.json lists, no others
     write_results(results, bench_dir / "results.csv")
     log.info("gathered %d result rows into %s", len(results), bench_dir / "results.csv")

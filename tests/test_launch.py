@@ -221,3 +221,21 @@ def test_local_launcher_runs_side_by_side_like_the_sequential_command(micro_refe
     projection = project(load_benchmark(bench), slots=[1, 2])
     assert projection["per_model"]["sgnet"]["seconds"] == pytest.approx(info["train_time_s"] + info["test_time_s"])
     assert projection["wall_s"] == {1: projection["sequential_s"], 2: projection["sequential_s"]}  # one run
+
+
+def test_anchor_projection_of_the_bml_benchmark_on_eight_gpus():
+    """Per-run training time from the GPU anchors' throughput (docs/cluster/h100_anchors.json)."""
+    anchors_file = REPO / "docs" / "cluster" / "h100_anchors.json"
+    bench = load_benchmark(REPO / "experiments" / "benchmarks" / "bml.yaml")
+    projection = project(bench, slots=[1, 8], anchors_file=anchors_file)
+    rates = json.loads(anchors_file.read_text())["train"]
+    config = next(r["config"] for r in bench["runs"] if r["label"] == "sgnet")
+    patches = config["trainer"]["max_epochs"] * config["data"]["steps_per_epoch"] * config["data"]["batch_size"]
+    assert config["data"]["patch_size"] == [96, 96, 32]  # the anchors' patch: no scaling
+    assert projection["per_model"]["sgnet"]["seconds"] == pytest.approx(patches / rates["sgnet"]["bf16_cl_b32"][0])
+    slowest = projection["per_model"]["attention_unet"]["seconds"]
+    assert projection["per_model"]["segresnet"] == {
+        "seconds": slowest, "source": "assumed: no anchor for segresnet, taken as the slowest anchored network"}
+    total = projection["sequential_s"]
+    assert projection["wall_s"][1] == pytest.approx(total)
+    assert total / 8 <= projection["wall_s"][8] <= total / 8 + slowest

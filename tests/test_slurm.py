@@ -77,8 +77,7 @@ def test_slurm_array_with_a_requeued_task_equals_the_sequential_benchmark(micro_
     wait_until(lambda: slurm_state(job) == "PENDING", 60, f"{job} back in the queue")
     scontrol("update", f"JobId={job}", "StartTime=now")
     bench = load_benchmark(bench_file)
-    states = jobs.wait_for_benchmark(bench, bench["runs"])
-    assert [s.state for s in states] == ["done"] * 4, states
+    assert jobs.wait_for_benchmark(bench, bench["runs"]) == {}  # every run done, none failed
 
     task = json.loads((victim / "task.json").read_text())
     assert (task["job_id"], task["attempt"], task["resumed"]) == (job, 2, True)

@@ -56,13 +56,13 @@ def _record_runs(run_dirs: list[Path], launcher: str, job) -> None:
 
 
 # -- benchmarks -------------------------------------------------------------------------------------------
-def launch_benchmark_runs(bench: dict, runs: list[dict], launcher: Launcher, wait: bool) -> dict[str, str]:
-    """Start ``runs`` of ``bench`` with ``launcher``; return run name -> error of the runs that failed
-    (empty when all finished, or when they were submitted to SLURM without ``wait``).
+def launch_benchmark_runs(bench: dict, runs: list[dict], launcher: Launcher) -> dict[str, str]:
+    """Start ``runs`` of ``bench`` with ``launcher``; return run name -> error of the runs that failed.
 
     local: one job per run, as many at once as the launcher has slots (GPUs x ``runs_per_gpu``, or
     ``workers`` on a CPU-only machine), each with its share of the CPUs; waits for all of them.
-    slurm: one array, one task per run (or per ``runs_per_gpu`` runs, side by side on the task's GPU).
+    slurm: one array, one task per run (or per ``runs_per_gpu`` runs, side by side on the task's
+    GPU); returns once it is submitted (:func:`wait_for_benchmark` waits).
     """
     from sgnet_lightning.launch.executors import Request, local_slots, run_local, submit_slurm
     from sgnet_lightning.launch.tasks import BenchmarkRuns, Resources
@@ -93,10 +93,7 @@ def launch_benchmark_runs(bench: dict, runs: list[dict], launcher: Launcher, wai
     jobs = submit_slurm(requests, launcher.settings, folder, Resources(threads=cpus, loader_workers=cpus - 1))
     array = str(jobs[0].job_id).split("_")[0]
     print(f"submitted {len(runs)} run(s) as SLURM job {array} ({len(jobs)} task(s)); logs in {folder}")
-    if not wait:
-        return {}
-    states = wait_for_benchmark(bench, runs)
-    return {run_name(run): f"{state.detail} ({state.log})" for run, state in zip(runs, states) if state.state != "done"}
+    return {}
 
 
 def benchmark_states(bench: dict, runs: list[dict] | None = None) -> list[State]:
@@ -127,8 +124,9 @@ def benchmark_states(bench: dict, runs: list[dict] | None = None) -> list[State]
     return states
 
 
-def wait_for_benchmark(bench: dict, runs: list[dict]) -> list[State]:
-    """Poll until none of ``runs`` is queued or running; a bar counts the finished ones."""
+def wait_for_benchmark(bench: dict, runs: list[dict]) -> dict[str, str]:
+    """Poll until none of ``runs`` is queued or running (a bar counts the finished ones); return run
+    name -> error line (and log) of those that did not finish."""
     bar = tqdm(total=len(runs), desc=f"benchmark {bench['name']} (SLURM)", unit="run")
     try:
         while True:
@@ -138,7 +136,8 @@ def wait_for_benchmark(bench: dict, runs: list[dict]) -> list[State]:
                                           if (n := sum(s.state == k for s in states))), refresh=False)
             bar.refresh()
             if not any(s.state in ("queued", "running") for s in states):
-                return states
+                return {run_name(run): f"{state.detail} ({state.log})" for run, state in zip(runs, states)
+                        if state.state != "done"}
             time.sleep(SLURM_POLL_S)
     finally:
         bar.close()
@@ -198,9 +197,16 @@ def launch_sweep_workers(space_file: str, space_overrides: dict, study: str, run
     print(f"submitted {n_workers} sweep worker(s) as SLURM job {str(jobs[0].job_id).split('_')[0]}; logs in {folder}")
     if not wait:
         return {}
-    while any(s.state in ("queued", "running") for s in worker_states(study_dir)):
-        time.sleep(SLURM_POLL_S)
-    return {w["job"]: w["detail"] for w in worker_rows(study_dir) if w["state"] == "failed"}
+    bar = tqdm(total=run_options.get("n_trials"), desc=f"study {study} (SLURM)", unit="trial")
+    try:
+        while any(s.state in ("queued", "running") for s in worker_states(study_dir)):
+            bar.n = _finished_trials(study, run_options)
+            bar.refresh()
+            time.sleep(SLURM_POLL_S)
+        bar.n = _finished_trials(study, run_options)
+    finally:
+        bar.close()
+    return {w["job"]: f"{w['detail']} ({w['log']})" for w in worker_rows(study_dir) if w["state"] == "failed"}
 
 
 def _finished_trials(study: str, run_options: dict[str, Any]) -> int:

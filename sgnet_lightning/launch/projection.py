@@ -9,6 +9,7 @@ Per-run times come from one of two sources, and every projection says which:
   ``/work/shared/anchors/gpu_anchor_bench.py`` (JSON like ``docs/cluster/h100_anchors.json``):
   ``max_epochs x steps_per_epoch x batch_size`` patches at that rate, scaled by the patch volume
   relative to the anchors' 96 x 96 x 32. No data loading, validation or test: a lower bound.
+  Networks the anchors lack take the slowest anchored network's time (marked ``assumed``).
 
 The wall time is that of the launchers here: runs start in the benchmark's order, each on the first
 slot that frees (:func:`list_schedule`).
@@ -84,7 +85,12 @@ def project(bench: dict, slots: Sequence[int], measured_from: str | Path | None 
             if run["label"] not in per_model:
                 found = anchor_seconds(run["config"], anchors)
                 per_model[run["label"]] = ({"seconds": found[0], "source": found[1]} if found else
-                                           {"seconds": None, "source": "no anchor for this network"})
+                                           {"seconds": None, "network": get_dotted(run["config"], "model.network")})
+        slowest = max(m["seconds"] for m in per_model.values() if m["seconds"] is not None)
+        for model in per_model.values():
+            if model["seconds"] is None:
+                model.update(seconds=slowest, source=f"assumed: no anchor for {model.pop('network')}, taken as "
+                                                     "the slowest anchored network")
         source = f"anchors {anchors_file} ({anchors.get('device', '?')}): model-only training, a lower bound"
     else:
         folder = Path(measured_from or bench["dir"])
@@ -101,15 +107,13 @@ def project(bench: dict, slots: Sequence[int], measured_from: str | Path | None 
                 per_model[label] = {"seconds": typical, "source": "assumed: median of the measured models"}
         source = f"measured in {folder} (run.json train_time_s + test_time_s)"
     durations = [per_model[run["label"]]["seconds"] for run in bench["runs"]]
-    covered = [d for d in durations if d is not None]
     return {
         "benchmark": bench["name"],
         "source": source,
         "runs": len(durations),
-        "runs_projected": len(covered),
         "per_model": per_model,
-        "sequential_s": sum(covered),
-        "wall_s": {int(n): list_schedule(covered, int(n)) for n in slots},
+        "sequential_s": sum(durations),
+        "wall_s": {int(n): list_schedule(durations, int(n)) for n in slots},
     }
 
 
@@ -118,9 +122,8 @@ def format_projection(projection: dict[str, Any]) -> str:
 
     rows = [{"model": label, "per run": duration_text(m["seconds"]) if m["seconds"] is not None else "-",
              "source": m["source"]} for label, m in projection["per_model"].items()]
-    walls = ", ".join(f"{n} slot(s): {duration_text(s)}" for n, s in projection["wall_s"].items())
-    missing = projection["runs"] - projection["runs_projected"]
+    walls = ", ".join(f"{n} slots {duration_text(s)}" for n, s in projection["wall_s"].items() if n > 1)
     return (f"projection for {projection['benchmark']} from {projection['source']}\n"
             + format_table(rows, ["model", "per run", "source"])
-            + f"\n{projection['runs_projected']} runs" + (f" ({missing} without a time left out)" if missing else "")
-            + f": one after another {duration_text(projection['sequential_s'])}; {walls}")
+            + f"\n{projection['runs']} runs: one after another {duration_text(projection['sequential_s'])}"
+            + (f"; {walls}" if walls else ""))
