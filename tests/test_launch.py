@@ -79,10 +79,14 @@ def test_resources_cap_loader_workers_and_the_lock_ignores_them_unless_workers_d
     assert capped["data"]["num_workers"] == 1 and config["data"]["num_workers"] == 8
     assert Resources(threads=2, loader_workers=12).cap(config) is config
     assert config_hash(locked_config(capped)) == config_hash(locked_config(config))
-    # TorchIO's random transforms draw in the queue's workers: then their number is part of the run
+    # TorchIO's random transforms draw in the queue's workers: then their number is part of the run,
+    # locked, and left as configured
     drawing = copy.deepcopy(config)
     drawing["data"]["torchio_transforms"] = [{"name": "RandomNoise"}]
-    assert config_hash(locked_config(Resources(2, 1).cap(drawing))) != config_hash(locked_config(drawing))
+    fewer = copy.deepcopy(drawing)
+    fewer["data"]["num_workers"] = 1
+    assert config_hash(locked_config(fewer)) != config_hash(locked_config(drawing))
+    assert Resources(threads=2, loader_workers=1).cap(drawing) is drawing
 
 
 def test_queue_workers_do_not_change_the_training_batches(phantom_bml):

@@ -40,6 +40,7 @@ from sgnet_lightning.launch.status import WORKERS_DIR
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Resources:
     """The share of a machine one run gets when several go at once.
@@ -67,11 +68,20 @@ class Resources:
             torch.set_num_threads(self.threads)
 
     def cap(self, config: dict[str, Any]) -> dict[str, Any]:
-        """``config`` with its loader workers lowered to ``loader_workers`` where it asks for more."""
+        """``config`` with its loader workers lowered to ``loader_workers`` where it asks for more.
+
+        Not with ``data.torchio_transforms``: those draw random numbers in the workers, so their
+        number is part of the run (:mod:`sgnet_lightning.config_lock` keeps it) and is left as set.
+        """
         if self.loader_workers is None:
             return config
         configured = get_dotted(config, "data.num_workers", _datamodule_default("num_workers"))
         if configured <= self.loader_workers:
+            return config
+        if get_dotted(config, "data.torchio_transforms"):
+            log.warning("data.num_workers %d left as set (more than this run's share, %d): with "
+                        "data.torchio_transforms the number of workers changes the run", configured,
+                        self.loader_workers)
             return config
         config = copy.deepcopy(config)
         set_dotted(config, "data.num_workers", self.loader_workers)
@@ -110,7 +120,7 @@ def launched_run_callbacks() -> list[Callback]:
 
 
 def job_identity() -> dict[str, Any]:
-    """Which launcher and job this process runs under, and its submitit log files.
+    """Which launcher and job this process runs under, and its submitit log.
 
     A SLURM job id wins over a local one: runs side by side inside a SLURM task (``runs_per_gpu``)
     are local submitit jobs of that task, and SLURM is what says whether they are still going.
