@@ -129,8 +129,8 @@ def run_local(requests: Sequence[Request], slots: Sequence[Slot], folder: Path, 
                     outcome[request.name] = job_error(job)
                     if progress is None:
                         bar.update(1)
-            if progress is not None:
-                bar.n = progress()
+            if progress is not None:  # workers finishing together may overshoot the target by a few
+                bar.n = min(progress(), bar.total) if bar.total else progress()
                 bar.refresh()
     except BaseException:
         for _, job in running.values():

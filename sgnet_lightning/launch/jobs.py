@@ -200,10 +200,10 @@ def launch_sweep_workers(space_file: str, space_overrides: dict, study: str, run
     bar = tqdm(total=run_options.get("n_trials"), desc=f"study {study} (SLURM)", unit="trial")
     try:
         while any(s.state in ("queued", "running") for s in worker_states(study_dir)):
-            bar.n = _finished_trials(study, run_options)
+            bar.n = min(_finished_trials(study, run_options), bar.total)
             bar.refresh()
             time.sleep(SLURM_POLL_S)
-        bar.n = _finished_trials(study, run_options)
+        bar.n = min(_finished_trials(study, run_options), bar.total)
     finally:
         bar.close()
     return {w["job"]: f"{w['detail']} ({w['log']})" for w in worker_rows(study_dir) if w["state"] == "failed"}
