@@ -33,6 +33,7 @@ running, queued, failed or missing, with its job and log.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -44,7 +45,8 @@ from tqdm import tqdm
 
 from sgnet_lightning import tracking
 from sgnet_lightning.config import deep_merge, load_config
-from sgnet_lightning.config_lock import ConfigChangedError, config_hash, lock_differences, locked_config
+from sgnet_lightning.config_lock import (ConfigChangedError, config_hash, lock_differences, locked_config, read_lock,
+                                           write_lock)
 from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 
@@ -137,6 +139,7 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
     check_writable(bench_dir)
     for run in bench["runs"]:
         run["locked"] = locked_config(run["config"])
+    _unlock_loader_workers(bench)
     states = {_run_name(run): state.state for run, state in zip(bench["runs"], benchmark_states(bench))}
     changed = _changed_runs(bench)
     if changed and not redo_changed:
@@ -235,6 +238,33 @@ def _changed_runs(bench: dict) -> list[tuple[dict, list[str]]]:
     return changed
 
 
+def _unlock_loader_workers(bench: dict) -> None:
+    """Bring run folders locked before ``data.num_workers`` left the lock up to date.
+
+    The queue's workers do not change a run unless TorchIO transforms draw in them
+    (:mod:`sgnet_lightning.config_lock`), so a folder whose recorded lock differs from its run's lock
+    by that key alone gets the new lock and hash (``config.lock``, ``run.json``) instead of being
+    refused as changed.
+    """
+    for run in bench["runs"]:
+        run_dir = run_dir_of(bench, run)
+        recorded = read_lock(run_dir)
+        data = (recorded or {}).get("data") or {}
+        if "num_workers" not in data or data.get("torchio_transforms"):
+            continue
+        without = copy.deepcopy(recorded)
+        del without["data"]["num_workers"]
+        if not without["data"]:
+            del without["data"]
+        if without != run["locked"]:
+            continue
+        digest = write_lock(run_dir, without)
+        if (run_dir / "run.json").is_file():
+            atomic_write_json(run_dir / "run.json", {**json.loads((run_dir / "run.json").read_text()),
+                                                     "config_hash": digest})
+        log.info("%s: config lock updated (data.num_workers is no longer part of it)", run_dir)
+
+
 def _changed_message(bench: dict, path: str | Path, changed: list[tuple[dict, list[str]]]) -> str:
     """One message: per model and set of changes, the seeds (and folds) it concerns."""
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
@@ -264,8 +294,6 @@ def _move_aside(run_dir: Path) -> Path:
 def _finish_run(run_dir: Path, run: dict, wall_time_s: float, test_time_s: float) -> None:
     """Complete ``run.json`` (identity, ``wall_time_s`` of this attempt's fit + test, ``test_time_s``;
     ``train_time_s`` sums every attempt) and write ``COMPLETE``."""
-    import json
-
     info = json.loads((run_dir / "run.json").read_text())
     info.update(model=run["label"], options=run["config"].get("model", {}).get("network_options") or {},
                 seed=run["seed"], fold=run["fold"], wall_time_s=wall_time_s, test_time_s=test_time_s, complete=True)

@@ -243,3 +243,27 @@ def test_anchor_projection_of_the_bml_benchmark_on_eight_gpus():
     total = projection["sequential_s"]
     assert projection["wall_s"][1] == pytest.approx(total)
     assert total / 8 <= projection["wall_s"][8] <= total / 8 + slowest
+
+
+def test_runs_locked_with_their_loader_workers_are_brought_up_to_date(tmp_path):
+    """Folders locked before data.num_workers left the lock are not refused as changed: their lock
+    and run.json hash are rewritten, the runs kept; another difference is still a change."""
+    from sgnet_lightning.benchmark import _changed_runs, _unlock_loader_workers, run_dir_of
+    from sgnet_lightning.config_lock import read_lock, write_lock
+
+    config = {"data": {"num_workers": 4, "batch_size": 2}, "model": {"network": "sgnet"}}
+    bench = {"dir": tmp_path, "runs": [{"label": "sgnet", "seed": s, "fold": None, "config": config} for s in (0, 1)]}
+    old_lock = json.loads(json.dumps(config))  # as the lock recorded it: num_workers included
+    for run in bench["runs"]:
+        run["locked"] = locked_config(run["config"])
+        run_dir = run_dir_of(bench, run)
+        digest = write_lock(run_dir, old_lock if run["seed"] == 0 else {**old_lock, "model": {"network": "unet"}})
+        (run_dir / "run.json").write_text(json.dumps({"config_hash": digest}))
+        (run_dir / "COMPLETE").write_text("")
+    _unlock_loader_workers(bench)
+    first, second = (run_dir_of(bench, run) for run in bench["runs"])
+    assert read_lock(first) == bench["runs"][0]["locked"] and "num_workers" not in read_lock(first)["data"]
+    assert json.loads((first / "run.json").read_text())["config_hash"] == config_hash(bench["runs"][0]["locked"])
+    assert read_lock(second)["data"]["num_workers"] == 4  # differs in the network too: left for the lock check
+    assert [(run["seed"], changes) for run, changes in _changed_runs(bench)] == [
+        (1, ['data.num_workers: 4 -> (unset)', 'model.network: "unet" -> "sgnet"'])]
