@@ -6,7 +6,7 @@ Per-run times come from one of two sources, and every projection says which:
   runs (median per model); models not measured take the median of the measured ones (marked
   ``assumed``);
 - **anchors**: model-only training throughput in patches per second, as measured by
-  ``/work/shared/anchors/gpu_anchor_bench.py`` (JSON like ``docs/cluster/h100_anchors.json``):
+  ``shared/anchors/gpu_anchor_bench.py`` (JSON like ``docs/cluster/h100_anchors.json``):
   ``max_epochs x steps_per_epoch x batch_size`` patches at that rate, scaled by the patch volume
   relative to the anchors' 96 x 96 x 32. No data loading, validation or test: a lower bound.
   Networks the anchors lack take the slowest anchored network's time (marked ``assumed``).
