@@ -53,7 +53,7 @@ demo: $(INSTALLED) data/phantom_bml/dataset_info.json
 	$(SGNET) benchmark --config experiments/benchmarks/demo.yaml
 	$(SGNET) stats --results runs/demo --reference unet --out runs/demo/stats
 	$(SGNET) report --benchmark runs/demo --out runs/demo/report --reference unet
-	@$(PYTHON) -m sgnet_lightning.analysis.summary runs/demo
+	@$(SGNET) summary runs/demo
 
 # LAUNCHER: inline (one run after another here), local (GPUS=0,1,2,3, or WORKERS=N on a CPU-only
 # machine) or slurm (one job array; --wait: make goes on to stats and report once it is done), or a

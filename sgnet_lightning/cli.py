@@ -4,7 +4,7 @@
     sgnet fit | validate | test | predict                 experiments (LightningCLI configs)
     sgnet evaluate                                        score any prediction folder
     sgnet gate-scan                                       SG-Net gate threshold on validation, fixed weights
-    sgnet benchmark | stats | report                      multi-seed comparison -> statistics -> report
+    sgnet benchmark | stats | report | summary            multi-seed comparison -> statistics -> report -> table
     sgnet sweep [best]                                    Optuna studies
     sgnet bench [loader]                                  speed measurements
 

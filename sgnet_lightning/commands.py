@@ -40,6 +40,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    from sgnet_lightning.analysis.summary import print_summary
+
+    print_summary(args.benchmark)
+    return 0
+
+
 def cmd_gate_scan(args) -> int:
     import pandas as pd
 
@@ -102,6 +109,10 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-browser", action="store_true", help="open it in headless Chromium")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B (offline)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary", help="print a benchmark's results table (the end of make demo)")
+    p.add_argument("benchmark", help="benchmark folder, e.g. runs/demo")
+    p.set_defaults(func=cmd_summary)
 
     try:
         from sgnet_lightning.sweep import register_sweep_commands
