@@ -3,11 +3,15 @@
 Reads only what ``experiments/gating/run_experiment.sh`` left in the benchmark folder: the runs'
 ``results.csv`` (gathered), their training logs (``logs/metrics.csv``), their gate scans
 (``gate_scan/gate_scan.csv``, ``operating_point.json``), ``stats/stats.csv`` (``sgnet stats``) and
-``distractor_fp.csv/json`` (``experiments/gating/distractor_fp.py``). Writes into ``--out``::
+``distractor_fp.csv/json`` (``experiments/gating/distractor_fp.py``), and, with ``--validated DIR``,
+the paired statistics of ``experiments/gating/operating_point_test.py`` (``DIR/stats_<model>/``).
+Writes into ``--out``::
 
     results.csv, stats.csv, stats.json, distractor_fp.csv, distractor_fp.json   copies of the inputs
     gate_scans.csv            validation means per run x gate threshold x region x metric
     training_open_fraction.csv  per run: logged training open fraction per level and step
+    validated_threshold.csv   (--validated) each hard-gated model at its validated threshold against
+                              itself at the trained one, on the test split (sgnet stats rows)
     experiment.json           everything the tables show, with the benchmark's provenance
     tables.md                 the Markdown tables of docs/gating.md's experiment section
     training_open_fraction.png, threshold_scan.png, precision_recall.png
@@ -99,6 +103,25 @@ def comparisons(stats: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["metric", "model"], key=lambda c: c.map(order) if c.name == "metric" else c)
 
 
+def validated_table(validated_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each model at its validated gate threshold against itself at the trained one (test split):
+    the display table and the sgnet stats rows behind it."""
+    frames = []
+    for stats_file in sorted(validated_dir.glob("stats_*/stats.csv")):
+        stats = pd.read_csv(stats_file)
+        frames.append(stats[(stats["region"] == REGION) & stats["metric"].isin(COMPARED)])
+    rows_behind = pd.concat(frames, ignore_index=True)
+    rows = []
+    for r in rows_behind[rows_behind["model"] != rows_behind["reference"]].itertuples():
+        trained = rows_behind[(rows_behind["model"] == r.reference) & (rows_behind["metric"] == r.metric)]["mean"]
+        d = _digits(r.metric)
+        rows.append({"model": r.reference, "metric": LABELS[r.metric],
+                     "trained threshold": f"{trained.iloc[0]:.{d}f}", "validated threshold": f"{r.mean:.{d}f}",
+                     "diff": f"{r.mean_diff:+.{d}f}",
+                     "Wilcoxon p": f"{r.wilcoxon_p:.3f}" if np.isfinite(r.wilcoxon_p) else "–"})
+    return pd.DataFrame(rows), rows_behind
+
+
 def training_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per gated model and level: training open fraction (mean over seeds) at the first logged step,
     at a third and two thirds of training, and at the last logged step."""
@@ -149,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmark", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--reference", default="sgnet_nogate")
+    parser.add_argument("--validated", type=Path, help="output folder of operating_point_test.py, with "
+                        "stats_<model>/ from sgnet stats")
     args = parser.parse_args(argv)
     bench_dir, out = args.benchmark, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     compared = comparisons(stats, args.reference)
     training, training_record = training_table(curves)
     scan, scan_record = scan_table(scans)
+    validated, validated_rows = validated_table(args.validated) if args.validated else (None, None)
+    if validated_rows is not None:
+        atomic_write_text(out / "validated_threshold.csv", validated_rows.to_csv(index=False))
+        points = {run.parent.name + "/" + run.name: json.loads((run / "run.json").read_text())["test_gate_threshold"]
+                  for run in sorted(args.validated.glob("*/seed*"))}
     info = json.loads((bench_dir / "benchmark.json").read_text())
     atomic_write_json(out / "experiment.json", {
         "benchmark": str(bench_dir), "commit": info.get("commit"), "versions": info.get("versions"),
@@ -180,11 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         "n_runs": len(bench.complete), "reference": args.reference, "models": records,
         "training_open_fraction": training_record, "gate_scans": scan_record,
         "lesion_settings": distractors.get("lesion_settings"),
+        "validated_threshold": None if validated_rows is None else {
+            "tested_gate_thresholds": points, "rows": json.loads(validated_rows.to_json(orient="records"))},
     })
     sections = [("Test results (region WT; mean ± SD over test subjects of each subject's seed mean)", table),
                 (f"Paired comparisons with {args.reference} (sgnet stats; WT)", compared),
                 ("Training open fraction per level (mean over seeds)", training),
                 ("Gate threshold at inference, fixed weights, validation split (mean over seeds)", scan)]
+    if validated is not None:
+        sections.append(("Test split at the gate threshold chosen on validation, against the trained threshold "
+                         "(mean over test subjects of seed means; Wilcoxon paired by subject)", validated))
     atomic_write_text(out / "tables.md", "\n\n".join(f"**{title}**\n\n{markdown_table(frame)}"
                                                     for title, frame in sections) + "\n")
     print((out / "tables.md").read_text())
