@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": str(bench_dir), "commit": info.get("commit"), "versions": info.get("versions"),
         "seeds": info.get("seeds"), "budget": info.get("budget"), "region": REGION,
         "n_runs": len(bench.complete), "reference": args.reference, "models": records,
+        "fit_and_test_wall_time_s": {"total": float(bench.runs["wall_time_s"].sum()),
+                                     **bench.runs.groupby("model")["wall_time_s"].mean().round(1).to_dict()},
         "training_open_fraction": training_record, "gate_scans": scan_record,
         "lesion_settings": distractors.get("lesion_settings"),
         "validated_threshold": None if validated_rows is None else {
