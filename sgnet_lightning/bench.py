@@ -61,7 +61,7 @@ import torchio as tio
 from torchio.transforms import SpatialTransform
 from torchio.transforms.augmentation import RandomTransform
 
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.errors import ConfigError
 
 IN_CHANNELS = 2  # T1ce + FLAIR (the BML set, the seed's input)

@@ -47,7 +47,7 @@ from sgnet_lightning import tracking
 from sgnet_lightning.config import deep_merge, load_config
 from sgnet_lightning.config_lock import (ConfigChangedError, config_hash, lock_differences, locked_config, read_lock,
                                            write_lock)
-from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 
 log = logging.getLogger(__name__)

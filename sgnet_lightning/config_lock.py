@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.errors import ConfigError
 
 LOCK_FILE = "config.lock"

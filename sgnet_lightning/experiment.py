@@ -37,7 +37,7 @@ import yaml
 from sgnet_lightning import tracking
 from sgnet_lightning.config import get_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, lock_differences, locked_config, write_lock
-from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import SgnetError
 
 log = logging.getLogger(__name__)

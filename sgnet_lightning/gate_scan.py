@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 
 log = logging.getLogger(__name__)

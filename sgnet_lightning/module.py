@@ -277,7 +277,7 @@ def save_prediction(out_dir, subject: str, pred: np.ndarray, maps: dict[str, tor
     import io
     from pathlib import Path
 
-    from sgnet_lightning.data.cache import atomic_write_bytes
+    from sgnet_lightning.files import atomic_write_bytes
 
     arrays = {"pred": pred.astype(np.uint8)}
     for key in ("attention", "gate"):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_bytes
+from sgnet_lightning.files import atomic_write_bytes
 from sgnet_lightning.data.labels import get_task, regions_to_label_map
 from sgnet_lightning.errors import SgnetError
 

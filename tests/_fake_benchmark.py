@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from sgnet_lightning.data.cache import atomic_write_json, write_cached_subject
+from sgnet_lightning.files import atomic_write_json
+from sgnet_lightning.data.cache import write_cached_subject
 from sgnet_lightning.data.labels import get_task, label_map_to_masks
 
 SHAPE = (16, 16, 16)

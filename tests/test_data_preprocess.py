@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from _nifti_helpers import ball, brain, make_bml_case, write_nifti
+from sgnet_lightning import files
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.manifest import make_manifest
 from sgnet_lightning.data.preprocess import (
@@ -324,6 +325,6 @@ def test_cache_folder_of_another_dataset_is_refused(tmp_path):
     manifest, _ = _manifest(tmp_path, n=4)
     settings = PreprocessSettings()
     folder = tmp_path / "cache" / settings.key()
-    cache.atomic_write_json(folder / cache.SETTINGS_FILE, {"dataset": "brats2021"})
+    files.atomic_write_json(folder / cache.SETTINGS_FILE, {"dataset": "brats2021"})
     with pytest.raises(ConfigError, match="holds brats2021 data"):
         preprocess_manifest(manifest, tmp_path / "cache", settings, progress=False)

@@ -19,7 +19,12 @@ from sgnet_lightning.experiment import SUITE_KEYS, run_test, train
 from sgnet_lightning.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "benchmarks" not in p.parts)
+# Run configs: one data set x one model (benchmarks are checked run by run below, launchers by
+# tests/test_launch.py). Fragments (base/, models/) are only meaningful composed into these.
+EXPERIMENTS = sorted(
+    p for p in (REPO / "experiments").rglob("*.yaml") if not {"benchmarks", "launchers", "base", "models"} & set(p.parts)
+)
+FRAGMENTS = sorted(p for folder in ("base", "models") for p in (REPO / "experiments" / folder).glob("*.yaml"))
 
 
 def parse_only(config: dict) -> None:
@@ -37,12 +42,42 @@ def parse_only(config: dict) -> None:
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_every_experiment_config_parses(path):
     config = load_config(path)
-    if path.parent.name in ("base", "models"):
-        return  # fragments: only meaningful composed (checked through the files that use them)
     assert config["data"]["manifest"]
     if path.parent.name != "datasets" and path.stem != "base":
         assert config["model"]["network"] == path.stem
     parse_only(config)
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_every_fragment_is_composed_into_a_parsed_config(path):
+    """A fragment no run config names would go unchecked; every value it sets must reach the configs
+    that name it (unless they set the key themselves)."""
+    users = [p for p in EXPERIMENTS if path.resolve() in _defaults_of(p)]
+    assert users, f"{path.relative_to(REPO)} is named in no run config's defaults"
+    fragment = load_config(path)
+    for user in users:
+        own = yaml.safe_load(user.read_text()) or {}
+        composed = load_config(user)
+        for section, values in fragment.items():
+            for key, value in (values.items() if isinstance(values, dict) else []):
+                if key not in own.get(section, {}) and not _set_later(path, user, section, key):
+                    assert composed[section][key] == value, (user.name, section, key)
+
+
+def _defaults_of(path: Path) -> list[Path]:
+    """Every file ``path`` composes, depth first, itself last."""
+    names = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+    out = []
+    for name in names:
+        out += _defaults_of((path.parent / name).resolve())
+    return out + [path.resolve()]
+
+
+def _set_later(fragment: Path, user: Path, section: str, key: str) -> bool:
+    """Whether a file composed after ``fragment`` into ``user`` sets ``section.key`` itself."""
+    chain = _defaults_of(user)
+    later = chain[chain.index(fragment.resolve()) + 1 :]
+    return any(key in ((yaml.safe_load(p.read_text()) or {}).get(section) or {}) for p in later)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments" / "benchmarks").glob("*.yaml")), ids=lambda p: p.stem)

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "demo"

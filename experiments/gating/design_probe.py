@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from phantom import PhantomVolumes, distractor_phantom  # this folder (the script's own)
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.losses import GateSupervisionLoss
 from sgnet_lightning.module import SegmentationModule
 

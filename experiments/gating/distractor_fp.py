@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sgnet_lightning.analysis.results import BENCHMARK_FILE, COMPLETE_FILE
-from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.data.labels import get_task, label_map_to_masks
 from sgnet_lightning.data.manifest import Manifest
 from sgnet_lightning.errors import DataError, SgnetError

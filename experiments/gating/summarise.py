@@ -40,7 +40,7 @@ from sgnet_lightning.analysis.report import (
     training_gate_curves,
 )
 from sgnet_lightning.analysis.stats import subject_values
-from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REGION = "WT"
 HEADLINE = ["dice", "precision", "recall", "hd95_mm", "lesion_f1", "lesion_fp"]

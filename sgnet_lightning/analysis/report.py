@@ -71,6 +71,7 @@ from sgnet_lightning.analysis.stats import (
     subject_values,
     write_stats,
 )
+from sgnet_lightning import files
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.labels import Task, get_task, label_map_to_masks
 from sgnet_lightning.errors import DataError, SgnetError
@@ -955,18 +956,18 @@ def build_report(
     if not overlap.empty:
         buffer = io.StringIO()
         overlap.to_csv(buffer, index=False)
-        cache.atomic_write_text(out_dir / "attention_overlap.csv", buffer.getvalue())
+        files.atomic_write_text(out_dir / "attention_overlap.csv", buffer.getvalue())
     if not scans.empty:
-        cache.atomic_write_text(out_dir / "gate_scans.csv", scans.to_csv(index=False))
+        files.atomic_write_text(out_dir / "gate_scans.csv", scans.to_csv(index=False))
     title = f"Benchmark report: {bench.info.get('name', bench.path.name)}"
     figure_dir = "figures"
     for section in sections:
         for block in section.blocks:
             if isinstance(block, Plot):
-                cache.atomic_write_bytes(out_dir / figure_dir / f"{block.name}.png", block.png)
+                files.atomic_write_bytes(out_dir / figure_dir / f"{block.name}.png", block.png)
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    cache.atomic_write_text(html_path, _render_html(title, sections))
-    cache.atomic_write_text(md_path, _render_markdown(title, sections, figure_dir))
+    files.atomic_write_text(html_path, _render_html(title, sections))
+    files.atomic_write_text(md_path, _render_markdown(title, sections, figure_dir))
     return html_path, md_path
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sgnet_lightning.data.cache import atomic_write_text
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import DataError, SgnetError
 
 logger = logging.getLogger(__name__)

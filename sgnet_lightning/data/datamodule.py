@@ -34,6 +34,7 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
+from sgnet_lightning import files
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.labels import Task, get_task, subregions_present
 from sgnet_lightning.data.patch_sampler import LabelBalancedSampler
@@ -272,7 +273,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         else:
             report = check_manifest(self.manifest, exclude=sorted(self.exclude))
             fatal = set(report.fatal_subjects)
-            cache.atomic_write_json(marker, {"fatal_subjects": sorted(fatal)})
+            files.atomic_write_json(marker, {"fatal_subjects": sorted(fatal)})
             if fatal - self.exclude:
                 log.error(report.format())
         bad = sorted(fatal - self.exclude)

@@ -57,7 +57,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.data.io import sha256_file
 from sgnet_lightning.data.labels import get_task
 from sgnet_lightning.data.sources import DatasetSource, SubjectRecord, get_source

@@ -45,6 +45,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from sgnet_lightning import files
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.io import load_nifti, resample_to_grid, sha256_file
 from sgnet_lightning.data.manifest import Manifest
@@ -404,7 +405,7 @@ def preprocess_manifest(
             raise ConfigError(
                 f"cache folder {folder} holds {recorded} data, not {manifest.dataset}: use another cache_root"
             )
-    cache.atomic_write_json(
+    files.atomic_write_json(
         settings_path,
         {
             "key": settings.key(),

@@ -80,7 +80,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_json
+from sgnet_lightning.files import atomic_write_bytes, atomic_write_json
 from sgnet_lightning.data.io import resample_to_grid
 
 SYNTH_VERSION = 2

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.data.io import inspect_nifti, sha256_file, world_overlap_fraction
 from sgnet_lightning.data.manifest import Manifest
 from sgnet_lightning.data.sources import SubjectRecord, get_source

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_text
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.data.labels import LABEL_VALUES, Task, get_task, label_map_to_masks
 from sgnet_lightning.errors import DataError, SgnetError
 from sgnet_lightning.evaluation.lesions import LESION_SETTINGS, LesionSettings, lesion_metrics

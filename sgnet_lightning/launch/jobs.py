@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.errors import ConfigError
 from sgnet_lightning.launch.settings import Launcher
 from sgnet_lightning.launch.status import (LAUNCH_FILE, TASK_FILE, WORKERS_DIR, State, duration_text, format_table,

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback
 from submitit.helpers import Checkpointable
 
 from sgnet_lightning.config import get_dotted, set_dotted
-from sgnet_lightning.data.cache import atomic_write_json
+from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.launch.status import WORKERS_DIR
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import optuna
 import yaml
 
 from sgnet_lightning.config import set_dotted
-from sgnet_lightning.data.cache import atomic_write_text
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import ConfigError
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from sgnet_lightning.data.cache import atomic_write_bytes, atomic_write_text
+from sgnet_lightning.files import atomic_write_bytes, atomic_write_text
 from sgnet_lightning.sweeps.best import objective_labels, pareto_front
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from sgnet_lightning.config import get_dotted, set_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, changed_keys, config_hash, locked_config
-from sgnet_lightning.data.cache import atomic_write_text
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 from sgnet_lightning.sweeps.space import Objective, SearchSpace
 from sgnet_lightning.sweeps.storage import default_storage, is_url, open_storage, retry_history, safe_url
