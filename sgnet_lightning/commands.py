@@ -121,7 +121,7 @@ def register_more(sub: argparse._SubParsersAction) -> None:
     else:
         register_sweep_commands(sub)
     try:
-        from sgnet_lightning.bench import register_bench_commands
+        from sgnet_lightning.perf.commands import register_bench_commands
     except ImportError:
         pass
     else:

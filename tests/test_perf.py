@@ -1,4 +1,5 @@
-"""``sgnet bench``: the JSON has every field, the suite's numerics match fp32, the helpers are right.
+"""``sgnet bench``: the JSON has every field, the settings follow the YAML configs, the suite's numerics match
+fp32, the helpers are right.
 
 No timing is asserted: figures depend on the machine. Runs on the CPU at tiny sizes (``--quick``)
 on a small phantom set made once per module.
@@ -11,6 +12,7 @@ of 4e-5 to 5e-3 and agreement of 99.3 % to 99.97 % (bf16); channels-last alone b
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -18,15 +20,18 @@ import pytest
 import torch
 import yaml
 
-from sgnet_lightning import bench
 from sgnet_lightning.cli import main
+from sgnet_lightning.config import load_config
+from sgnet_lightning.data.datamodule import SegmentationDataModule
 from sgnet_lightning.data.synth import synthesize_dataset
 from sgnet_lightning.errors import ConfigError
 from sgnet_lightning.models import list_models
+from sgnet_lightning.perf import loaders, measure, projection, run, settings
 
 MEAN_ABS_TOLERANCE = 0.02
 MASK_AGREEMENT = 0.99
 REPO = Path(__file__).resolve().parents[1]
+DATAMODULE_DEFAULTS = {key: p.default for key, p in inspect.signature(SegmentationDataModule).parameters.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -89,8 +94,8 @@ def test_quick_bench_writes_every_field(tmp_path, phantom, capsys):
             assert loader[setting][way]["patches_per_s"] > 0
         # timed past the queue's buffer (first fill + subjects loaded ahead), over twice as many patches
         queue = loader[setting]["queue"]
-        assert loader[setting]["datamodule"]["skipped_patches"] > bench.queue_buffer(queue) > queue["queue_length"]
-        assert loader[setting]["datamodule"]["timed_patches"] >= 2 * bench.queue_buffer(queue)
+        assert loader[setting]["datamodule"]["skipped_patches"] > loaders.queue_buffer(queue) > queue["queue_length"]
+        assert loader[setting]["datamodule"]["timed_patches"] >= 2 * loaders.queue_buffer(queue)
         assert loader[setting]["datamodule_over_naive"] > 0
     assert loader["suite_over_seed_naive"]["datamodule"] > 0
 
@@ -112,7 +117,7 @@ def test_suite_numerics_match_fp32(name):
     """bf16 autocast and channels-last (the suite's GPU settings) against fp32, on the CPU."""
     device = torch.device("cpu")
     for precision, channels_last in (("bf16", False), ("fp32", True), ("bf16", True)):
-        agreement = bench.prediction_agreement(name, precision, channels_last, device)
+        agreement = measure.prediction_agreement(name, precision, channels_last, device)
         assert agreement["mean_abs_diff"] < MEAN_ABS_TOLERANCE, (name, precision, channels_last, agreement)
         assert agreement["mask_agreement"] > MASK_AGREEMENT, (name, precision, channels_last, agreement)
         if precision == "fp32":  # a memory format alone changes only summation order
@@ -121,30 +126,75 @@ def test_suite_numerics_match_fp32(name):
 
 def test_unknown_model_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown model.*nonet"):
-        bench.run_bench(tmp_path / "x.json", models=["nonet"], quick=True)
+        run.run_bench(tmp_path / "x.json", models=["nonet"], quick=True)
 
 
-def test_settings_follow_the_configs():
-    """The constants the bench measures are the configs' values (experiments/ in the repository)."""
-    gpu = yaml.safe_load((REPO / "experiments/base/gpu.yaml").read_text())
-    seed = yaml.safe_load((REPO / "experiments/seed_way/base.yaml").read_text())
-    bml = yaml.safe_load((REPO / "experiments/datasets/bml.yaml").read_text())
+def test_settings_are_the_configs():
+    """On a GPU the two ways are what load_config gives for the seed-way and the suite's BML configs."""
     cuda = torch.device("cuda")
-    sizes = bench.sizes_for(cuda, quick=False)
-    suite = bench.suite_defaults(cuda, sizes)
-    assert suite.precision == "bf16" and gpu["trainer"]["precision"] == "bf16-mixed"
-    assert suite.cudnn_benchmark == gpu["trainer"]["benchmark"] and suite.channels_last == gpu["model"]["channels_last"]
-    assert suite.sw_batch_size == gpu["model"]["sliding_window"]["sw_batch_size"]
-    assert suite.sw_mode == gpu["model"]["sliding_window"]["mode"]
-    assert suite.batch_size == bml["data"]["batch_size"]
-    for key in ("samples_per_volume", "queue_length", "num_workers"):
-        assert bench.SUITE_GPU_DATA[key] == gpu["data"][key]
-    way = bench.seed_way(cuda, sizes)
-    assert way.precision == "fp16" and seed["trainer"]["precision"] == "16-mixed"
-    assert way.batch_size == seed["data"]["batch_size"] and not seed["trainer"]["benchmark"]
-    assert way.sw_batch_size == seed["model"]["sliding_window"]["sw_batch_size"]
-    assert bench.SEED_DATA["samples_per_volume"] == seed["data"]["samples_per_volume"]
-    assert bench.MODEL_OPTIONS["segguidednet"]["network_options"]["n_subregions"] == 2
+    sizes = settings.sizes_for(cuda, quick=False)
+    for way, path in ((settings.seed_way(cuda, sizes), settings.SEED_CONFIG),
+                      (settings.suite_defaults(cuda, sizes), settings.SUITE_CONFIG)):
+        config = load_config(path)
+        assert way.lightning_precision == config["trainer"]["precision"], way.name
+        assert way.cudnn_benchmark == config["trainer"].get("benchmark", False), way.name
+        assert way.channels_last == config["model"].get("channels_last", False), way.name
+        assert way.batch_size == config["data"]["batch_size"], way.name
+        window = config["model"]["sliding_window"]
+        assert (way.sw_batch_size, way.sw_mode) == (window["sw_batch_size"], window["mode"]), way.name
+        for key in ("samples_per_volume", "queue_length"):
+            assert way.data[key] == config["data"].get(key, DATAMODULE_DEFAULTS[key]), (way.name, key)
+    assert settings.suite_defaults(cuda, sizes).data["samples_per_volume"] == load_config(
+        REPO / "experiments/base/gpu.yaml")["data"]["samples_per_volume"]
+
+
+def test_settings_follow_an_edited_config(tmp_path):
+    """Change the seed-way YAML (through a file that composes it) and the measured setting follows."""
+    edited = tmp_path / "seed_way.yaml"
+    edited.write_text(yaml.safe_dump({
+        "defaults": [str(settings.SEED_CONFIG)],
+        "trainer": {"precision": "bf16-mixed", "benchmark": True},
+        "model": {"channels_last": True, "sliding_window": {"sw_batch_size": 6, "mode": "gaussian"}},
+        "data": {"samples_per_volume": 3, "queue_length": 48, "num_workers": 1},
+    }))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    way = settings.seed_way(cuda, settings.sizes_for(cuda, quick=False), config_path=edited)
+    assert (way.precision, way.cudnn_benchmark, way.channels_last) == ("bf16", True, True)
+    assert (way.sw_batch_size, way.sw_mode) == (6, "gaussian")
+    assert way.data == {"samples_per_volume": 3, "queue_length": 48, "num_workers": 1}
+    # on a CPU: fp32, and the queue under the quick run's caps (queue 4, 4 per volume, 1 worker)
+    way = settings.seed_way(cpu, settings.sizes_for(cpu, quick=True), config_path=edited)
+    assert way.precision == "fp32" and way.data == {"samples_per_volume": 3, "queue_length": 4, "num_workers": 1}
+    # the CPU suite takes its sliding-window batch from the seed-way config it is given
+    assert settings.suite_defaults(cpu, settings.sizes_for(cpu, quick=True), seed_config_path=edited).sw_batch_size == 6
+
+
+def test_models_are_built_as_in_their_bml_experiment():
+    module = measure.build_module("segguidednet", settings.seed_way(torch.device("cpu"), settings.sizes_for(
+        torch.device("cpu"), quick=True)), torch.device("cpu"))
+    bml = load_config(REPO / "experiments/bml/segguidednet.yaml")["model"]
+    assert module.hparams.aux_loss_weight == bml["aux_loss_weight"]
+    assert module.hparams.network_options == bml["network_options"]
+
+
+def test_bml_benchmark_is_read_from_its_config(tmp_path):
+    """The projection's assumptions come from the benchmark YAML: edit it and they follow."""
+    real = projection.bml_benchmark()
+    assert (real["n_test"], real["n_val"]) == (21, 17)  # 104 subjects: 20 % test, fold 0 of 5 over the other 83
+    experiments = REPO / "experiments"
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "edited", "experiment": str(experiments / "datasets/bml.yaml"), "seeds": [0, 1],
+        "models": {"unet": {"defaults": [str(experiments / "models/unet.yaml")]},
+                   "sgnet": {"defaults": [str(experiments / "models/sgnet.yaml")]},
+                   "sgnet_soft": {"defaults": [str(experiments / "models/sgnet.yaml")],
+                                  "model": {"network_options": {"gate_mode": "soft"}}}},
+        "budget": {"trainer": {"max_epochs": 7}, "data": {"steps_per_epoch": 11, "batch_size": 16}},
+    }))
+    edited = projection.bml_benchmark(config)
+    assert edited["configs_per_architecture"] == {"unet": 1, "sgnet": 2}
+    assert (edited["seeds"], edited["folds"], edited["epochs"], edited["steps_per_epoch"], edited["batch_size"]) == (
+        2, 1, 7, 11, 16)
 
 
 def test_time_loader_skips_the_first_fill():
@@ -155,7 +205,7 @@ def test_time_loader_skips_the_first_fill():
             produced.append(len(produced))
             yield {"image": torch.zeros(4, 2, 2, 2, 2)}
 
-    result = bench.time_loader(batches(), lambda b: b, batch_size=4, skip_patches=64, timed_patches=128,
+    result = loaders.time_loader(batches(), lambda b: b, batch_size=4, skip_patches=64, timed_patches=128,
                                device=torch.device("cpu"))
     assert result["skipped_patches"] == 4 * (64 // 4 + 1)  # one batch past the fill
     assert result["timed_patches"] == 128 and len(produced) == 17 + 32
@@ -167,13 +217,13 @@ def test_random_rot90_turns_every_image_alike():
     label = torch.zeros(1, 6, 6, 3, dtype=torch.uint8)
     label[0, 0, 1, 0] = 1
     subject = tio.Subject(image=tio.ScalarImage(tensor=label.float()), label=tio.LabelMap(tensor=label))
-    turned = bench.RandomRot90(p=1.0)(subject)
+    turned = loaders.RandomRot90(p=1.0)(subject)
     assert torch.equal(turned["image"].data, turned["label"].data.float())
     assert not torch.equal(turned["label"].data, label)
 
 
 def test_projection_formula():
-    hours = bench.project_benchmark_hours({"a": 100.0, "b": 50.0}, {"a": 2.0, "b": 4.0}, seeds=5, epochs=100,
+    hours = projection.project_benchmark_hours({"a": 100.0, "b": 50.0}, {"a": 2.0, "b": 4.0}, seeds=5, epochs=100,
                                           steps_per_epoch=100, batch_size=32, n_val=10, n_test=20)
     # a: 5 x (100 x (3200 / 100 + 10 x 2) + 20 x 2) / 3600
     assert hours["a"] == pytest.approx(5 * (100 * (32 + 20) + 40) / 3600)
@@ -182,11 +232,13 @@ def test_projection_formula():
 
 
 def test_bml_projection_needs_every_architecture():
+    benchmark = {"configs_per_architecture": {"unet": 1, "sgnet": 3}, "seeds": 5, "folds": 1, "epochs": 100,
+                 "steps_per_epoch": 100, "batch_size": 32, "n_val": 17, "n_test": 21}
     measured = {"end_to_end": {"suite": {"patches_per_s": 320.0}}, "inference": {"suite_sw32": {"ms_per_volume": 100.0}}}
-    models = {name: measured for name in bench.BML_BENCHMARK["configs_per_architecture"]}
-    projection = bench._project_bml(models)
+    models = {"unet": measured, "sgnet": measured}
+    result = projection.project_bml(models, benchmark)
     one = 5 * (100 * (100 * 32 / 320 + 17 * 0.1) + 21 * 0.1) / 3600
-    assert projection["hours_per_architecture"]["sgnet"] == pytest.approx(3 * one)
-    assert projection["total_hours"] == pytest.approx(9 * one)
-    del models["segresnet"]
-    assert bench._project_bml(models) is None
+    assert result["hours_per_architecture"]["sgnet"] == pytest.approx(3 * one)
+    assert result["total_hours"] == pytest.approx(4 * one)
+    del models["unet"]
+    assert projection.project_bml(models, benchmark) is None
