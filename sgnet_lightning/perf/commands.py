@@ -12,6 +12,7 @@ from sgnet_lightning.perf.tables import format_loader_table, format_table
 
 
 def cmd_bench(args) -> int:
+    """``sgnet bench [all|loader]``: run the measurements, write the JSON, print its tables."""
     if args.mode == "loader":
         out = args.out or "runs/perf/loader.json"
         report = run_loader_bench(out, quick=args.quick, patch=args.patch, phantom_dir=args.phantom_dir,
