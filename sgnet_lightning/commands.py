@@ -21,7 +21,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sgnet_lightning.analysis.report import build_report, check_report_in_browser
+    from sgnet_lightning.analysis.document import check_in_browser
+    from sgnet_lightning.analysis.report import build_report
 
     out = Path(args.out or Path(args.benchmark) / "report")
     html, md = build_report(args.benchmark, out, reference=args.reference)
@@ -34,7 +35,7 @@ def cmd_report(args) -> int:
         log_summary_run(Path(args.benchmark), tables, sorted((out / "figures").glob("*.png")),
                         group=Path(args.benchmark).name)
     if args.check_browser:
-        result = check_report_in_browser(html)
+        result = check_in_browser(html)
         print(f"browser check: {result['loaded']}/{result['images']} figures loaded")
     print(f"report: {html}\nmarkdown: {md}")
     return 0

@@ -1,6 +1,6 @@
 """Evaluation: overlap metrics and the empty-mask policy, surface distances against DeepMind's
 ``surface-distance`` package, BraTS 2023 lesion-wise metrics against a literal transcription of the
-official algorithm, and folder evaluation on real NIfTI files."""
+official algorithm, attention-map overlap, and folder evaluation on real NIfTI files."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from scipy.spatial.distance import cdist
 from sgnet_lightning.data.labels import get_task
 from sgnet_lightning.errors import DataError, SgnetError
 from sgnet_lightning.evaluation import METRICS
+from sgnet_lightning.evaluation.attention import attention_overlap, overlap_dice
 from sgnet_lightning.evaluation.evaluate import Reference, evaluate_case, evaluate_folders
 from sgnet_lightning.evaluation.lesions import LESION_SETTINGS, LesionSettings, lesion_metrics
 from sgnet_lightning.evaluation.metrics import case_metrics, dice_per_channel
@@ -334,6 +335,26 @@ def test_lesion_metrics_both_empty():
         lesion_f1=1.0,
         convention="both_empty",
     )
+
+
+def test_attention_overlap_hand_computed_threshold_and_both_empty():
+    """Map 0: 8 voxels above 0.5 (4 more at exactly 0.5, not counted), 4 of them inside a 12-voxel
+    mask: Dice 2*4/(8+12). Map 1 and its mask are both empty: NaN, not a convention's 1."""
+    attention = np.zeros((2, 6, 6, 4), np.float32)
+    attention[0, 0:2, 0:2, 0:2] = 0.9  # 8 voxels, 4 of them (z = 0) inside the mask
+    attention[0, 4:6, 4:6, 0] = 0.5  # at the threshold: not attended
+    reference = np.zeros((2, 6, 6, 4), bool)
+    reference[0, 0:2, 0:6, 0] = True  # 12 voxels
+    overlap = attention_overlap(attention, reference, ["TC", "ET"])
+    assert list(overlap) == ["TC", "ET"]
+    assert overlap["TC"] == pytest.approx(2 * 4 / (8 + 12))
+    assert math.isnan(overlap["ET"])
+    assert overlap_dice(attention[0], reference[0], threshold=0.4) == pytest.approx(2 * 4 / (12 + 12))
+
+
+def test_attention_overlap_refuses_maps_of_another_shape():
+    with pytest.raises(ValueError, match=r"attention has shape \(2, 4, 4, 4\).*\(TC, ET\) \(2, 4, 4, 3\)"):
+        attention_overlap(np.zeros((2, 4, 4, 4)), np.zeros((2, 4, 4, 3), bool), ["TC", "ET"])
 
 
 # ---------------------------------------------------------------- one case and folders

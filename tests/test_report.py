@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from _fake_benchmark import write_fake_benchmark
 
-from sgnet_lightning.analysis.report import build_report, check_report_in_browser, find_chromium
+from sgnet_lightning.analysis.document import check_in_browser, find_chromium
+from sgnet_lightning.analysis.report import build_report
 from sgnet_lightning.analysis.results import COLUMNS, gather_results, load_results, write_results
 from sgnet_lightning.errors import DataError, SgnetError
 
@@ -166,7 +167,7 @@ def _needs_chromium():
 @_needs_chromium()
 def test_every_report_image_loads_in_chromium(report):
     out, html_path, _ = report
-    result = check_report_in_browser(html_path)
+    result = check_in_browser(html_path)
     assert result == {"images": len(list((out / "figures").glob("*.png"))), "loaded": result["images"]}
 
 
@@ -180,10 +181,10 @@ def test_browser_check_sees_a_broken_image(report, tmp_path):
         f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         '<img src="figures/not-there.png"></body></html>'
     )
-    assert check_report_in_browser(page) == {"images": 2, "loaded": 1}
+    assert check_in_browser(page) == {"images": 2, "loaded": 1}
 
 
 def test_browser_check_without_chromium_is_a_clear_error(report, monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(SgnetError, match="Chromium not found"):
-        check_report_in_browser(report[1])
+        check_in_browser(report[1])

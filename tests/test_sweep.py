@@ -20,7 +20,7 @@ import yaml
 from sgnet_lightning import cli
 from sgnet_lightning.config import load_config
 from sgnet_lightning.errors import ConfigError, SgnetError
-from sgnet_lightning.sweeps import choose_trial, load_space, open_storage, write_best_config
+from sgnet_lightning.sweeps import choose_trial, load_space, open_storage, write_best_config, write_report
 from sgnet_lightning.sweeps.space import Objective
 from sgnet_lightning.sweeps.storage import engine_kwargs, safe_url
 from sgnet_lightning.sweeps.study import mean_over_subjects
@@ -277,6 +277,25 @@ def test_best_of_a_pareto_front_by_rule_or_index(tmp_path):
     assert choose_trial(single).number == 1
     with pytest.raises(ConfigError, match="one objective"):
         choose_trial(single, pareto_index=0)
+
+
+def test_report_of_a_recorded_study_links_its_figures_and_lists_every_trial(tmp_path):
+    """The sweep report from the storage alone (no training): both pages link each figure written beside
+    them, say why a figure is missing, and show the Pareto front and every trial, failed ones included."""
+    dice_up, fp_down = {"metric": "dice", "direction": "maximize"}, {"metric": "lesion_fp", "direction": "minimize"}
+    study = _recorded_study([dice_up, fp_down], [([0.6, 2.0], 0.2), ([0.5, 3.0], 0.3), ([0.8, 4.0], 0.4)])
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"error": "out | of memory"})
+    study.add_trial(failed)
+    out = tmp_path / "report"
+    html = write_report(study, out, storage_label="runs/gate/optuna.log").read_text()
+    markdown = (out / "index.md").read_text()
+    for name in ("history_dice", "history_lesion_fp", "slice", "pareto"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert f'src="{name}.png"' in html and f"]({name}.png)" in markdown
+    assert "No parameter importances" in html and "No parameter importances" in markdown  # one parameter tuned
+    assert "## Pareto front" in markdown and "runs/gate/optuna.log" in markdown
+    assert "out \\| of memory" in markdown and "out | of memory" in html
+    assert len(pd.read_csv(out / "trials.csv")) == 4
 
 
 def test_a_study_refuses_trials_from_another_space_or_budget(tmp_path):

@@ -23,34 +23,29 @@ For gated models (SG-Net) the "Gates" section shows each gate level's open fract
 rows of ``results.csv``), and, for runs with a gate scan (``sgnet gate-scan``), precision, recall,
 false-positive lesions and open fractions against the gate threshold at fixed weights, on validation.
 
-Images are drawn in the cached grid (RAS, so an axial slice is ``[:, :, z]``); they are shown with
-the patient's right on the right of the picture (neurological convention).
+This module builds the sections from tables and statistics; the example slices and attention maps
+come from :mod:`~sgnet_lightning.analysis.slices` (the attention overlap metric from
+:mod:`~sgnet_lightning.evaluation.attention`), and :mod:`~sgnet_lightning.analysis.document`
+renders and writes the pages.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
+from sgnet_lightning import files
+from sgnet_lightning.analysis.document import MISSING, Plot, Section, Table, figure_png, fmt, fmt_p, write_document
 from sgnet_lightning.analysis.results import (
     COMPLETE_FILE,
     PLAIN_CASES,
@@ -62,6 +57,7 @@ from sgnet_lightning.analysis.results import (
     read_benchmark,
     write_results,
 )
+from sgnet_lightning.analysis.slices import attention_overlap_table, attention_section, example_slices
 from sgnet_lightning.analysis.stats import (
     METHODS,
     compute_stats,
@@ -71,15 +67,11 @@ from sgnet_lightning.analysis.stats import (
     subject_values,
     write_stats,
 )
-from sgnet_lightning import files
-from sgnet_lightning.data import cache
-from sgnet_lightning.data.labels import Task, get_task, label_map_to_masks
-from sgnet_lightning.errors import DataError, SgnetError
+from sgnet_lightning.data.labels import Task, get_task
 from sgnet_lightning.evaluation import higher_is_better
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_THRESHOLD = 0.5
 # Metrics of the results table and the comparisons, in this order, where the results have them.
 # (volume_pred_ml / volume_ref_ml are descriptive and stay in stats.csv only.)
 TABLE_METRICS = [
@@ -95,50 +87,6 @@ METRIC_LABELS = {
 }  # fmt: skip
 GATE_METRIC_PREFIX = "gate_open_fraction_"  # + level, 0 = coarsest (sgnet_lightning.evaluation)
 TRAINING_GATE_LOG = re.compile(r"^gate/open_fraction_(\d+)$")  # logged every training step
-FIGURE_DPI = 100
-MISSING = "–"
-
-
-# -- the document: sections of paragraphs, tables and figures, rendered twice ---------------------
-@dataclass
-class Table:
-    frame: pd.DataFrame
-    caption: str = ""
-
-
-@dataclass
-class Plot:
-    name: str  # file stem of the Markdown twin's PNG
-    caption: str
-    png: bytes
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list  # of str (a paragraph), Table or Plot
-
-
-def _png(fig: Figure) -> bytes:
-    """PNG bytes of a figure; no software/date metadata, so identical input gives identical bytes.
-    (``bbox_inches="tight"``: panels of fixed aspect can leave titles outside the figure otherwise.)"""
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, metadata={"Software": None}, bbox_inches="tight",
-                pad_inches=0.05)
-    return buffer.getvalue()
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA:
-        return MISSING
-    return f"{value:.{digits}f}"
-
-
-def _fmt_p(p) -> str:
-    if p is None or not np.isfinite(p):
-        return MISSING
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _digits(metric: str) -> int:
@@ -307,8 +255,8 @@ def _results_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -> S
                     row[_metric_label(metric)] = MISSING
                     continue
                 s, d = block.loc[metric], _digits(metric)
-                ci = f"[{_fmt(s['ci_low'], d)}, {_fmt(s['ci_high'], d)}]"
-                row[_metric_label(metric)] = f"{_fmt(s['mean'], d)} ± {_fmt(s['sd'], d)} {ci}"
+                ci = f"[{fmt(s['ci_low'], d)}, {fmt(s['ci_high'], d)}]"
+                row[_metric_label(metric)] = f"{fmt(s['mean'], d)} ± {fmt(s['sd'], d)} {ci}"
             rows.append({**row, **_cost_columns(bench, model)})
         blocks.append(Table(pd.DataFrame(rows), f"Region {region}"))
     return Section("Results", blocks)
@@ -334,10 +282,10 @@ def _comparison_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -
         block = stats[(stats["region"] == region) & (stats["model"] != reference) & stats["metric"].isin(metrics)]
         block = block.sort_values(["metric", "model"], key=lambda column: column.map(order))
         rows = [{
-            "metric": _metric_label(r.metric), "model": r.model, "pairs": _fmt(r.n_pairs, 0),
-            "mean diff (model − ref)": _fmt(r.mean_diff, _digits(r.metric)),
-            "Wilcoxon p": _fmt_p(r.wilcoxon_p), "Holm p": _fmt_p(r.wilcoxon_p_holm),
-            "effect (+ = better)": _fmt(r.effect_size, 2), "t-test p": _fmt_p(r.ttest_p),
+            "metric": _metric_label(r.metric), "model": r.model, "pairs": fmt(r.n_pairs, 0),
+            "mean diff (model − ref)": fmt(r.mean_diff, _digits(r.metric)),
+            "Wilcoxon p": fmt_p(r.wilcoxon_p), "Holm p": fmt_p(r.wilcoxon_p_holm),
+            "effect (+ = better)": fmt(r.effect_size, 2), "t-test p": fmt_p(r.ttest_p),
             "exceeds seed spread": {True: "yes", False: "no"}.get(r.exceeds_seed_spread, MISSING),
             "note": r.note,
         } for r in block.itertuples()]  # fmt: skip
@@ -345,8 +293,8 @@ def _comparison_section(bench: Benchmark, stats: pd.DataFrame, reference: str) -
             blocks.append(Table(pd.DataFrame(rows), f"Region {region}: against {reference}"))
     friedman = stats[stats["metric"].isin(metrics)].drop_duplicates(["metric", "region"])
     blocks.append(Table(pd.DataFrame([{
-        "metric": _metric_label(r.metric), "region": r.region, "Friedman chi²": _fmt(r.friedman_stat, 2),
-        "p": _fmt_p(r.friedman_p), "subjects (all models)": r.friedman_n_subjects,
+        "metric": _metric_label(r.metric), "region": r.region, "Friedman chi²": fmt(r.friedman_stat, 2),
+        "p": fmt_p(r.friedman_p), "subjects (all models)": r.friedman_n_subjects,
     } for r in friedman.itertuples()]), "Friedman test across all models"))  # fmt: skip
     return Section("Comparisons", blocks)
 
@@ -405,7 +353,7 @@ def _box_strip_plots(bench: Benchmark, values: pd.DataFrame) -> list[Plot]:
             direction = "higher is better" if higher_is_better(metric) else "lower is better"
             ax.set_ylabel(f"{_metric_label(metric)} ({direction})" if i == 0 else "")
         plots.append(Plot(f"box_{metric}", f"{_metric_label(metric)} per subject (mean over seeds): box "
-                          "(median, quartiles, whiskers to 1.5 IQR) and every subject as a point.", _png(fig)))
+                          "(median, quartiles, whiskers to 1.5 IQR) and every subject as a point.", figure_png(fig)))
     return plots
 
 
@@ -429,7 +377,7 @@ def _precision_recall_plot(bench: Benchmark, values: pd.DataFrame) -> list[Plot]
     fig.axes[-1].legend(fontsize=7, loc="lower left")
     return [Plot("precision_recall", "Precision against recall per subject (points) and per model (diamonds: "
                  "means). Below the diagonal a model over-segments (high recall, low precision), above it "
-                 "it under-segments; Dice alone cannot tell the two apart.", _png(fig))]
+                 "it under-segments; Dice alone cannot tell the two apart.", figure_png(fig))]
 
 
 def _seed_spread_section(bench: Benchmark, stats: pd.DataFrame) -> Section:
@@ -444,7 +392,7 @@ def _seed_spread_section(bench: Benchmark, stats: pd.DataFrame) -> Section:
         for region in bench.regions:
             if (model, region) in dice.index:
                 r = dice.loc[(model, region)]
-                row[region] = f"{_fmt(r['seed_mean'])} ± {_fmt(r['seed_sd'])} ({r['n_seeds']} seeds)"
+                row[region] = f"{fmt(r['seed_mean'])} ± {fmt(r['seed_sd'])} ({r['n_seeds']} seeds)"
             else:
                 row[region] = MISSING
         rows.append(row)
@@ -465,7 +413,7 @@ def _seed_spread_section(bench: Benchmark, stats: pd.DataFrame) -> Section:
     return Section(title, [
         Table(pd.DataFrame(rows), "Dice: mean ± SD over seeds of each seed's mean over subjects"),
         Plot("seed_spread", "Each point is one seed's mean Dice over the test subjects; bars: mean ± SD over "
-             "seeds (drawn with two or more seeds).", _png(fig)),
+             "seeds (drawn with two or more seeds).", figure_png(fig)),
     ])  # fmt: skip
 
 
@@ -483,237 +431,20 @@ def _significance_section(bench: Benchmark, pairwise: dict[tuple[str, str], pd.D
         strength = -np.log10(np.clip(matrix.to_numpy(float), 1e-4, 1))
         image = ax.imshow(np.ma.masked_invalid(strength), cmap="Greens", vmin=0, vmax=4)
         for (r, c), p in np.ndenumerate(matrix.to_numpy(float)):
-            ax.text(c, r, MISSING if r == c else _fmt_p(p), ha="center", va="center", fontsize=7,
+            ax.text(c, r, MISSING if r == c else fmt_p(p), ha="center", va="center", fontsize=7,
                     color="white" if np.isfinite(p) and p < 0.01 else "black")  # fmt: skip
         ax.set_xticks(range(len(matrix)), matrix.columns, rotation=30, ha="right")
         ax.set_yticks(range(len(matrix)), matrix.index)
         ax.set_title(f"Dice, {region}")
     fig.colorbar(image, ax=fig.axes, label="−log10 Holm p", shrink=0.8)
     blocks.append(Plot("significance_dice", "Holm-corrected pairwise Wilcoxon p on Dice (darker: smaller p).",
-                       _png(fig)))
+                       figure_png(fig)))
     for (_, region), matrix in pairwise.items():
-        frame = matrix.map(_fmt_p).reset_index()
+        frame = matrix.map(fmt_p).reset_index()
         for i in range(len(matrix)):
             frame.iloc[i, i + 1] = MISSING
         blocks.append(Table(frame, f"Holm-corrected pairwise Wilcoxon p, Dice, {region}"))
     return Section("Significance matrix", blocks)
-
-
-# -- images: example slices and attention maps ------------------------------------------------------
-def _prediction(bench: Benchmark, model: str, subject: str) -> tuple[RunDir, dict[str, np.ndarray]] | None:
-    """The first complete run of ``model`` (lowest seed, fold) that saved a prediction of ``subject``."""
-    for run in bench.runs_of(model):
-        path = run.prediction_file(subject)
-        if path.is_file():
-            with np.load(path) as npz:
-                return run, {key: npz[key] for key in npz.files}
-    return None
-
-
-def _cached_label(bench: Benchmark, subject: str) -> np.ndarray | None:
-    """(X, Y, Z) canonical label map of a cached subject; None when the cache lacks it."""
-    subject_dir = bench.cache_dir / subject
-    return cache.load_label(subject_dir, mmap=False) if cache.is_complete(subject_dir) else None
-
-
-def _region_index_map(masks: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:
-    """(X, Y) map of 1-based region indices from (R, X, Y) masks, the most specific region on top
-    (regions with fewer label values are drawn last)."""
-    out = np.zeros(masks.shape[1:], dtype=np.int16)
-    for r in sorted(range(len(groups)), key=lambda i: -len(list(groups.values())[i])):
-        out[masks[r].astype(bool)] = r + 1
-    return out
-
-
-def _largest_tumour_slice(reference: np.ndarray) -> int:
-    """Axial index z with the largest reference tumour area; reference: (R, X, Y, Z) masks."""
-    area = reference.any(axis=0).sum(axis=(0, 1))
-    return int(np.argmax(area)) if area.any() else reference.shape[-1] // 2
-
-
-def _chosen_subjects(values: pd.DataFrame, models: list[str]) -> list[tuple[str, str]]:
-    """(label, subject) of the median and the worst subject by mean Dice over models and regions,
-    among subjects every model has."""
-    dice = values[values["metric"] == "dice"]
-    per_subject = dice.groupby(["subject", "model"])["value"].mean().unstack("model")
-    per_subject = per_subject.reindex(columns=models).dropna()
-    if per_subject.empty:
-        return []
-    score = per_subject.mean(axis=1).reset_index(name="score").sort_values(["score", "subject"])
-    ordered = list(score["subject"])
-    median, worst = ordered[(len(ordered) - 1) // 2], ordered[0]
-    if median == worst:
-        return [("median and worst", median)]
-    return [("median", median), ("worst", worst)]
-
-
-def _dice_note(bench: Benchmark, run: RunDir, subject: str) -> str:
-    rows = bench.results[(bench.results["model"] == run.model) & (bench.results["seed"] == run.seed)
-                         & (bench.results["subject"] == subject) & (bench.results["metric"] == "dice")]
-    if run.fold is not None:
-        rows = rows[rows["fold"] == run.fold]
-    return " ".join(f"{r.region} {r.value:.2f}" for r in rows.itertuples())
-
-
-def _example_slices(bench: Benchmark, values: pd.DataFrame) -> tuple[list, tuple[str, int] | None]:
-    """Figures of the median and the worst subject; also returns (subject, z) of the first one shown,
-    for the attention figure."""
-    blocks: list = []
-    first = None
-    regions = bench.task.regions
-    region_colours = [colormaps["Set1"](i) for i in range(len(regions))]
-    overlay_map = ListedColormap(region_colours)
-    for label, subject in _chosen_subjects(values, bench.models):
-        label_map = _cached_label(bench, subject)
-        if label_map is None:
-            blocks.append(f"{label} subject {subject}: no reference in the cache at {bench.cache_dir}; "
-                          "slice left out.")  # fmt: skip
-            continue
-        subject_dir = bench.cache_dir / subject
-        image = cache.load_image(subject_dir)
-        reference = label_map_to_masks(label_map, regions)
-        z = _largest_tumour_slice(reference)
-        modality = (cache.read_meta(subject_dir).get("modalities") or ["channel 0"])[0]
-        panels = [("input: " + modality, None, ""), ("reference", reference, "")]
-        shown = []
-        for model in bench.models:
-            found = _prediction(bench, model, subject)
-            if found is None:
-                panels.append((f"{model}: no saved prediction", None, ""))
-                continue
-            run, arrays = found
-            pred = arrays["pred"]
-            if pred.shape != reference.shape:
-                raise DataError(subject, run.prediction_file(subject),
-                                f"pred has shape {pred.shape}, the reference regions {reference.shape}")
-            panels.append((f"{model} (seed {run.seed})", pred, "Dice " + _dice_note(bench, run, subject)))
-            shown.append(f"{model}: seed {run.seed}" + (f" fold {run.fold}" if run.fold is not None else ""))
-        fig = Figure(figsize=(2.3 * len(panels), 2.9), layout="constrained")
-        background = np.asarray(image[0, :, :, z], dtype=np.float32).T
-        for i, (title, masks, subtitle) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), i + 1)
-            ax.imshow(background, cmap="gray", origin="lower", vmin=0, vmax=1, interpolation="nearest")
-            if masks is not None:
-                index = _region_index_map(masks[..., z], regions).T
-                ax.imshow(np.ma.masked_equal(index, 0), cmap=overlay_map, vmin=1, vmax=len(regions),
-                          alpha=0.55, origin="lower", interpolation="nearest")  # fmt: skip
-            ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=8)
-            ax.axis("off")
-        fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(region_colours, regions)],
-                   loc="outside lower center", ncols=len(regions), fontsize=8)  # fmt: skip
-        mean_dice = values[(values["metric"] == "dice") & (values["subject"] == subject)]["value"].mean()
-        blocks.append(Plot(
-            f"example_{label.replace(' ', '_')}_{subject}",
-            f"{label.capitalize()} subject {subject} (mean Dice over models and regions {mean_dice:.3f}): axial "
-            f"slice z = {z}, the reference's largest tumour area; patient's right on the right. Predictions "
-            f"shown from {'; '.join(shown) or 'no run'}; Dice of that run over the whole volume.",
-            _png(fig),
-        ))  # fmt: skip
-        first = first or (subject, z)
-    return blocks, first
-
-
-def _overlap_dice(attention: np.ndarray, mask: np.ndarray) -> float:
-    """Dice between ``attention > ATTENTION_THRESHOLD`` and a sub-region mask (both (X, Y, Z));
-    NaN when both are empty (nothing to overlap: left out of the means and counted)."""
-    hot = attention > ATTENTION_THRESHOLD
-    total = int(hot.sum()) + int(mask.sum())
-    return float("nan") if total == 0 else 2.0 * float(np.logical_and(hot, mask).sum()) / total
-
-
-def attention_overlap(bench: Benchmark) -> pd.DataFrame:
-    """Dice of every saved attention map (thresholded at 0.5) with its reference sub-region.
-
-    Reads each subject's reference once and every complete run's ``predictions/<subject>.npz`` that
-    holds ``attention`` (S, X, Y, Z). Returns columns model, seed, fold, subject, subregion, dice
-    (NaN where map and sub-region are both empty).
-    """
-    subregions = bench.task.subregions
-    rows = []
-    for subject in sorted(bench.results["subject"].unique()):
-        label_map = _cached_label(bench, subject)
-        if label_map is None:
-            continue
-        reference = None
-        for run in bench.complete:
-            path = run.prediction_file(subject)
-            if not path.is_file():
-                continue
-            with np.load(path) as npz:
-                if "attention" not in npz.files:
-                    continue
-                attention = npz["attention"]
-            if reference is None:
-                reference = label_map_to_masks(label_map, subregions)
-            if attention.shape != reference.shape:
-                raise DataError(subject, path, f"attention has shape {attention.shape}; the reference "
-                                f"sub-regions ({', '.join(subregions)}) {reference.shape}")  # fmt: skip
-            rows += [
-                {"model": run.model, "seed": run.seed, "fold": run.fold, "subject": subject,
-                 "subregion": name, "dice": _overlap_dice(attention[s], reference[s])}
-                for s, name in enumerate(subregions)
-            ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["model", "seed", "fold", "subject", "subregion", "dice"])
-
-
-def _attention_section(bench: Benchmark, overlap: pd.DataFrame, example: tuple[str, int] | None) -> Section:
-    title = "Attention maps"
-    if overlap.empty:
-        return Section(title, ["No model saved attention maps."])
-    blocks: list = [
-        f"Overlap of each attention map with its reference sub-region: Dice between the map thresholded at "
-        f"{ATTENTION_THRESHOLD} and the sub-region, over the whole volume (maps as saved, upsampled to the "
-        "cached grid). Per subject the mean over seeds; mean ± SD over subjects. Cases where map and "
-        "sub-region are both empty have no overlap to measure and are counted, not averaged."
-    ]
-    per_subject = overlap.groupby(["model", "subregion", "subject"], sort=False)["dice"].mean().reset_index()
-    rows = []
-    for (model, subregion), group in per_subject.groupby(["model", "subregion"], sort=False):
-        values = group["dice"].dropna()
-        rows.append({
-            "model": model, "sub-region": subregion,
-            "overlap Dice": f"{_fmt(values.mean())} ± {_fmt(values.std(ddof=1) if len(values) > 1 else np.nan)}",
-            "subjects": len(values), "both empty (left out)": int(group["dice"].isna().sum()),
-        })  # fmt: skip
-    blocks.append(Table(pd.DataFrame(rows), "Attention-map overlap with the reference sub-regions"))
-    if example is None:
-        return Section(title, blocks)
-    subject, z = example
-    subregions = bench.task.subregions
-    reference = label_map_to_masks(_cached_label(bench, subject), subregions)
-    background = np.asarray(cache.load_image(bench.cache_dir / subject)[0, :, :, z], dtype=np.float32).T
-    models = [m for m in bench.models if m in set(overlap["model"])]
-    maps = {}
-    for model in models:
-        found = _prediction(bench, model, subject)
-        if found is not None and "attention" in found[1]:
-            maps[model] = found
-    fig = Figure(figsize=(2.4 * (1 + len(maps)), 2.5 * len(subregions)), layout="constrained")
-    image = None
-    for s, name in enumerate(subregions):
-        mask = reference[s, :, :, z].T
-        ax = fig.add_subplot(len(subregions), 1 + len(maps), s * (1 + len(maps)) + 1)
-        ax.imshow(background, cmap="gray", origin="lower", vmin=0, vmax=1, interpolation="nearest")
-        ax.imshow(np.ma.masked_equal(mask.astype(np.int8), 0), cmap=ListedColormap(["#e41a1c"]), alpha=0.6,
-                  origin="lower", interpolation="nearest")  # fmt: skip
-        ax.set_title(f"reference {name}", fontsize=8)
-        ax.axis("off")
-        for k, (model, (run, arrays)) in enumerate(maps.items()):
-            attention = arrays["attention"][s].astype(np.float32)
-            ax = fig.add_subplot(len(subregions), 1 + len(maps), s * (1 + len(maps)) + 2 + k)
-            image = ax.imshow(attention[:, :, z].T, cmap="magma", origin="lower", vmin=0, vmax=1,
-                              interpolation="nearest")  # fmt: skip
-            if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
-            ax.set_title(f"{model} seed {run.seed}: {name}\nDice@{ATTENTION_THRESHOLD} "
-                         f"{_fmt(_overlap_dice(attention, reference[s]))}", fontsize=8)  # fmt: skip
-            ax.axis("off")
-    if image is not None:
-        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention")
-    blocks.append(Plot(f"attention_{subject}", f"Subject {subject}, axial slice z = {z}: reference sub-regions "
-                       "(left) and each model's attention maps (cyan: reference outline). Dice over the whole "
-                       "volume of that run.", _png(fig)))  # fmt: skip
-    return Section(title, blocks)
 
 
 # -- gates: open fractions over training, at test, and against the threshold ---------------------------
@@ -779,7 +510,7 @@ def _gate_section(bench: Benchmark, values: pd.DataFrame, curves: pd.DataFrame, 
         for model in [m for m in bench.models if m in set(summary["model"])]:
             mine = summary[summary["model"] == model].sort_values("metric")
             row = {"model": model, "subjects": int(mine["count"].max())}
-            row.update({f"level {_level(s.metric)}": f"{_fmt(s.mean)} ± {_fmt(s.std)}"
+            row.update({f"level {_level(s.metric)}": f"{fmt(s.mean)} ± {fmt(s.std)}"
                         for s in mine.itertuples()})
             rows.append(row)
         blocks.append(Table(pd.DataFrame(rows).fillna(MISSING), "Open fraction at test: mean ± SD over "
@@ -804,7 +535,7 @@ def _gate_training_plot(bench: Benchmark, curves: pd.DataFrame, colours: dict) -
         ax.set_ylabel("open fraction (training batch)" if i == 0 else "")
     fig.axes[-1].legend(fontsize=7)
     return Plot("gate_training", "Open fraction of each gate level on the training batches, as logged "
-                "(gate/open_fraction_<level>), one line per run.", _png(fig))
+                "(gate/open_fraction_<level>), one line per run.", figure_png(fig))
 
 
 def _gate_scan_blocks(bench: Benchmark, scans: pd.DataFrame, colours: dict) -> list:
@@ -829,72 +560,15 @@ def _gate_scan_blocks(bench: Benchmark, scans: pd.DataFrame, colours: dict) -> l
     fig.axes[0].legend(fontsize=7)
     points = scans.drop_duplicates(["model", "seed", "fold"])
     chosen = [{"model": model, "operating point per run (chosen on validation)":
-               ", ".join(_fmt(v, 2) for v in points.loc[points["model"] == model, "chosen"])}
+               ", ".join(fmt(v, 2) for v in points.loc[points["model"] == model, "chosen"])}
               for model in [m for m in bench.models if m in set(points["model"])]]
     return [
         Plot("gate_threshold_scan", "The gate threshold at inference with fixed weights, on the validation "
              "split (sgnet gate-scan): means over validation subjects, thin lines one run each, thick the mean "
-             f"over runs; region {region} for precision, recall and false-positive lesions.", _png(fig)),
+             f"over runs; region {region} for precision, recall and false-positive lesions.", figure_png(fig)),
         Table(pd.DataFrame(chosen), f"Gate thresholds stored as operating points (operating_point.json); "
               f"{MISSING}: none stored"),
     ]
-
-
-# -- rendering -------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-figure { margin: 1em 0 2em; } figure img { max-width: 100%; }
-figcaption, .caption { font-size: 0.85em; color: #444; }
-"""
-
-
-def _render_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}"
-             f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
-        for block in section.blocks:
-            if isinstance(block, str):
-                parts.append(f"<p>{html.escape(block)}</p>")
-            elif isinstance(block, Table):
-                if block.caption:
-                    parts.append(f"<p class=\"caption\"><b>{html.escape(block.caption)}</b></p>")
-                parts.append(block.frame.to_html(index=False, border=0, na_rep=MISSING, escape=True))
-            else:
-                data = base64.b64encode(block.png).decode("ascii")
-                image = f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.name)}">'
-                parts.append(f"<figure>{image}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-    parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
-
-
-def _markdown_cell(value) -> str:
-    text = MISSING if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _render_markdown(title: str, sections: list[Section], figure_dir: str) -> str:
-    lines = [f"# {title}", ""]
-    for section in sections:
-        lines += [f"## {section.title}", ""]
-        for block in section.blocks:
-            if isinstance(block, str):
-                lines += [block, ""]
-            elif isinstance(block, Table):
-                frame = block.frame
-                if block.caption:
-                    lines += [f"**{block.caption}**", ""]
-                lines.append("| " + " | ".join(_markdown_cell(c) for c in frame.columns) + " |")
-                lines.append("|" + "---|" * len(frame.columns))
-                for row in frame.itertuples(index=False):
-                    lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
-                lines.append("")
-            else:
-                lines += [f"![{block.name}]({figure_dir}/{block.name}.png)", "", f"*{block.caption}*", ""]
-    return "\n".join(lines)
 
 
 def build_report(
@@ -946,88 +620,16 @@ def build_report(
             f"The cache {bench.info.get('cache_dir')} named in benchmark.json was not found: example slices "
             "and attention maps are left out."]))  # fmt: skip
     else:
-        slices, example = _example_slices(bench, values)
+        slices, example = example_slices(bench, values)
         sections.append(Section("Example slices", slices or ["No subject has Dice results for every model."]))
-        overlap = attention_overlap(bench)
-        sections.append(_attention_section(bench, overlap, example))
+        overlap = attention_overlap_table(bench)
+        sections.append(attention_section(bench, overlap, example))
 
     write_results(bench.results, out_dir / "results.csv")
     write_stats(stats, out_dir, pairwise)
     if not overlap.empty:
-        buffer = io.StringIO()
-        overlap.to_csv(buffer, index=False)
-        files.atomic_write_text(out_dir / "attention_overlap.csv", buffer.getvalue())
+        files.atomic_write_text(out_dir / "attention_overlap.csv", overlap.to_csv(index=False))
     if not scans.empty:
         files.atomic_write_text(out_dir / "gate_scans.csv", scans.to_csv(index=False))
     title = f"Benchmark report: {bench.info.get('name', bench.path.name)}"
-    figure_dir = "figures"
-    for section in sections:
-        for block in section.blocks:
-            if isinstance(block, Plot):
-                files.atomic_write_bytes(out_dir / figure_dir / f"{block.name}.png", block.png)
-    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    files.atomic_write_text(html_path, _render_html(title, sections))
-    files.atomic_write_text(md_path, _render_markdown(title, sections, figure_dir))
-    return html_path, md_path
-
-
-# -- opening the report in a browser ---------------------------------------------------------------
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-_PROBE_ID = "sgnet-image-check"
-# Runs after every image has loaded or failed; writes what it found into the DOM that --dump-dom prints.
-_PROBE = f"""<script>
-window.addEventListener("load", function () {{
-  var images = Array.from(document.images);
-  var loaded = images.filter(function (img) {{ return img.complete && img.naturalWidth > 0; }}).length;
-  var out = document.createElement("pre");
-  out.id = "{_PROBE_ID}";
-  out.textContent = JSON.stringify({{images: images.length, loaded: loaded}});
-  document.body.appendChild(out);
-}});
-</script>"""
-
-
-def find_chromium() -> str | None:
-    """Path of a Chromium (or Chrome) executable on PATH, or None."""
-    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
-
-
-def check_report_in_browser(
-    html_path: str | os.PathLike, browser: str | None = None, timeout_s: float = 120
-) -> dict:
-    """Open a report in headless Chromium and count the images that loaded.
-
-    A copy of the HTML with a small probe script is opened from a temporary folder, so an image that
-    points at a file beside the report (instead of being embedded) fails to load and is caught.
-
-    Returns:
-        ``{"images": n, "loaded": m}``: ``<img>`` elements, and those with ``naturalWidth > 0``.
-
-    Raises:
-        SgnetError: Chromium is not installed (Debian: ``apt-get install chromium``), or did not
-            open the page.
-    """
-    executable = browser or find_chromium()
-    if executable is None:
-        raise SgnetError(f"Chromium not found (looked for {', '.join(BROWSERS)} on PATH): "
-                         "install it, e.g. `apt-get install chromium` on Debian")  # fmt: skip
-    page = Path(html_path).read_text(encoding="utf-8")
-    page = page.replace("</body>", _PROBE + "\n</body>", 1) if "</body>" in page else page + _PROBE
-    with tempfile.TemporaryDirectory(prefix="sgnet-report-check-") as tmp:
-        probe_page = Path(tmp) / "report.html"
-        probe_page.write_text(page, encoding="utf-8")
-        command = [
-            executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", f"--user-data-dir={Path(tmp) / 'profile'}", "--virtual-time-budget=15000",
-            "--dump-dom", probe_page.as_uri(),
-        ]  # fmt: skip
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise SgnetError(f"Chromium did not finish opening {html_path} within {timeout_s:g} s") from None
-    found = re.search(rf'<pre id="{_PROBE_ID}">(.*?)</pre>', done.stdout, re.S)
-    if found is None:
-        raise SgnetError(f"Chromium could not open {html_path} (exit {done.returncode}): "
-                         f"{done.stderr.strip()[-500:]}")  # fmt: skip
-    counts = json.loads(html.unescape(found.group(1)))
-    return {"images": int(counts["images"]), "loaded": int(counts["loaded"])}
+    return write_document(out_dir, title, sections)

@@ -5,14 +5,14 @@ it tunes, the config keys it varies, the validation metric(s) it optimises and t
 trial trains. :func:`~sgnet_lightning.sweeps.study.run_sweep` runs trials into an Optuna storage
 that any number of worker processes or machines share; :func:`~sgnet_lightning.sweeps.best.write_best_config`
 turns the chosen trial into an experiment config the benchmark runs; and
-:func:`~sgnet_lightning.sweeps.report.write_report` draws the study from its storage.
+:func:`~sgnet_lightning.sweeps.sweep_report.write_report` draws the study from its storage.
 
 A sweep trains on the training split and scores on the validation split only: the test split's
 loader is never built and its subjects' cached volumes are never opened.
 """
 
 from sgnet_lightning.sweeps.best import choose_trial, write_best_config
-from sgnet_lightning.sweeps.report import write_report
+from sgnet_lightning.sweeps.sweep_report import write_report
 from sgnet_lightning.sweeps.space import Objective, Parameter, SearchSpace, load_space
 from sgnet_lightning.sweeps.storage import default_storage, open_storage
 from sgnet_lightning.sweeps.study import load_study, run_sweep, validation_results

@@ -12,24 +12,25 @@ Writes into the output folder:
                                  at fixed weights, on validation (means over seeds and subjects)
     gate_scans.csv               those scans' validation means: trial, seed, threshold, region, metric
     trials.csv                   one row per trial: state, values, config values, duration, error
-    index.md, index.html         the study's summary, best trial / Pareto front, all trials, figures
+    index.md, index.html         the study's summary, best trial / Pareto front, figures, all trials
+
+The pages are a document of :mod:`sgnet_lightning.analysis.document`, like the benchmark report;
+the HTML links the PNG files beside it instead of embedding them.
 """
 
 from __future__ import annotations
 
-import html
-import io
-import logging
 import warnings
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
-from sgnet_lightning.files import atomic_write_bytes, atomic_write_text
+from sgnet_lightning.analysis.document import Plot, Section, Table, figure_png, write_document
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.sweeps.best import objective_labels, pareto_front
 
-log = logging.getLogger(__name__)
+FIGURE_DPI = 110
 
 
 def write_report(study: optuna.Study, out_dir: str | Path, storage_label: str = "") -> Path:
@@ -38,18 +39,17 @@ def write_report(study: optuna.Study, out_dir: str | Path, storage_label: str = 
 
     matplotlib.use("Agg")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     trials = trials_table(study)
     atomic_write_text(out_dir / "trials.csv", trials.to_csv(index=False))
     with warnings.catch_warnings():  # optuna.visualization.matplotlib is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         notes: list[str] = []
-        figures = _draw_figures(study, out_dir, notes)
-    figures.update(_gate_scan_figures(study, out_dir, notes))
-    markdown, page = _pages(study, trials, figures, notes, storage_label)
-    atomic_write_text(out_dir / "index.md", markdown)
-    atomic_write_text(out_dir / "index.html", page)
-    return out_dir / "index.html"
+        plots = _draw_figures(study, notes)
+    plots += _gate_scan_figures(study, out_dir, notes)
+    sections = _sections(study, trials, plots, notes, storage_label)
+    html_path, _ = write_document(out_dir, f"Optuna study {study.study_name}", sections, stem="index",
+                                  figure_dir="", embed_figures=False)  # fmt: skip
+    return html_path
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -72,15 +72,14 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 # -- figures ------------------------------------------------------------------------------------------
-def _draw_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[str, str]:
-    """Draw what the study's content supports; returns ``{file name: caption}`` and appends to
-    ``notes`` why a figure is missing."""
+def _draw_figures(study: optuna.Study, notes: list[str]) -> list[Plot]:
+    """Draw what the study's content supports; appends to ``notes`` why a figure is missing."""
     from optuna.visualization import matplotlib as plots
 
     labels = objective_labels(study)
     multi = len(labels) > 1
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    figures: dict[str, str] = {}
+    figures: list[Plot] = []
     if not complete:
         notes.append("No figures: the study has no complete trial yet.")
         return figures
@@ -89,13 +88,13 @@ def _draw_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[
         return (lambda t: t.values[i]) if multi else None
 
     for i, label in enumerate(labels):
-        name = f"history_{_slug(label)}.png"
-        _save(plots.plot_optimization_history(study, target=target(i), target_name=label), out_dir / name)
-        figures[name] = f"Optimisation history of {label} (validation, mean over seeds)."
+        axes = plots.plot_optimization_history(study, target=target(i), target_name=label)
+        figures.append(Plot(f"history_{_slug(label)}", f"Optimisation history of {label} (validation, mean over "
+                            "seeds).", _png(axes)))  # fmt: skip
 
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        _save(plots.plot_intermediate_values(study), out_dir / "intermediate.png")
-        figures["intermediate.png"] = "Validation Dice after each epoch of every trial's first seed (pruning input)."
+        figures.append(Plot("intermediate", "Validation Dice after each epoch of every trial's first seed "
+                            "(pruning input).", _png(plots.plot_intermediate_values(study))))  # fmt: skip
 
     shared = set.intersection(*(set(t.params) for t in complete))
     if len(complete) >= 2 and len(shared) > 1:
@@ -103,32 +102,32 @@ def _draw_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[
             if len({t.values[i] for t in complete}) < 2:
                 notes.append(f"No importances for {label}: every complete trial scored {complete[0].values[i]:.4g}.")
                 continue
-            name = f"importances_{_slug(label)}.png" if multi else "importances.png"
             # fANOVA, seeded: Optuna's default evaluator changed between versions (PED-ANOVA in 5.x)
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            _save(plots.plot_param_importances(study, evaluator=evaluator, target=target(i), target_name=label),
-                  out_dir / name)
-            figures[name] = f"fANOVA importance of each parameter for {label}."
+            axes = plots.plot_param_importances(study, evaluator=evaluator, target=target(i), target_name=label)
+            figures.append(Plot(f"importances_{_slug(label)}" if multi else "importances",
+                                f"fANOVA importance of each parameter for {label}.", _png(axes)))
     else:
         notes.append("No parameter importances: they need at least 2 complete trials sharing more than one parameter.")
 
     dice = next((i for i, label in enumerate(labels) if "dice" in label), 0)
     tuned = sorted({name for t in complete for name in t.params})
-    _save(plots.plot_slice(study, params=tuned, target=target(dice), target_name=labels[dice]), out_dir / "slice.png",
-          size=(5.0 * len(tuned) + 1.0, 4.5))  # room for the dotted key names under each panel
-    figures["slice.png"] = f"{labels[dice]} of every complete trial against each tuned parameter."
+    axes = plots.plot_slice(study, params=tuned, target=target(dice), target_name=labels[dice])
+    figures.append(Plot("slice", f"{labels[dice]} of every complete trial against each tuned parameter.",
+                        _png(axes, size=(5.0 * len(tuned) + 1.0, 4.5))))  # room for the dotted key names per panel
 
     if len(labels) in (2, 3):
-        _save(plots.plot_pareto_front(study, target_names=labels), out_dir / "pareto.png")
-        figures["pareto.png"] = "Objective values of every complete trial; the Pareto front highlighted."
+        figures.append(Plot("pareto", "Objective values of every complete trial; the Pareto front highlighted.",
+                            _png(plots.plot_pareto_front(study, target_names=labels))))
     return figures
 
 
-def _gate_scan_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> dict[str, str]:
-    """One figure per complete trial whose seeds have a gate scan (``<trial>/seed<k>/gate_scan/``)."""
+def _gate_scan_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> list[Plot]:
+    """One figure per complete trial whose seeds have a gate scan (``<trial>/seed<k>/gate_scan/``);
+    writes their validation means to ``gate_scans.csv``."""
     from sgnet_lightning.gate_scan import SCAN_CSV, SCAN_DIR, plot_scan
 
-    figures, means = {}, []
+    figures, means = [], []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         run_dir = trial.user_attrs.get("run_dir")
         files = sorted(Path(run_dir).glob(f"seed*/{SCAN_DIR}/{SCAN_CSV}")) if run_dir else []
@@ -141,10 +140,10 @@ def _gate_scan_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> 
         values = trial.user_attrs.get("config_values", trial.params)
         tuned = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                           for k, v in values.items())
-        name = f"gate_scan_trial{trial.number}.png"
-        atomic_write_bytes(out_dir / name, plot_scan(scan, f"trial {trial.number} ({tuned})"))
-        figures[name] = (f"Trial {trial.number}: the gate threshold at inference with the trial's weights fixed, "
-                         f"on the validation split (means over {len(files)} seed(s) and their subjects).")
+        figures.append(Plot(f"gate_scan_trial{trial.number}",
+                            f"Trial {trial.number}: the gate threshold at inference with the trial's weights fixed, "
+                            f"on the validation split (means over {len(files)} seed(s) and their subjects).",
+                            plot_scan(scan, f"trial {trial.number} ({tuned})")))
     if means:
         table = pd.concat(means, ignore_index=True)[["trial", "seed", "threshold", "region", "metric", "value"]]
         atomic_write_text(out_dir / "gate_scans.csv", table.to_csv(index=False))
@@ -153,17 +152,17 @@ def _gate_scan_figures(study: optuna.Study, out_dir: Path, notes: list[str]) -> 
     return figures
 
 
-def _save(axes, path: Path, size: tuple[float, float] | None = None) -> None:
+def _png(axes, size: tuple[float, float] | None = None) -> bytes:
+    """PNG of the pyplot figure an Optuna plot drew (``axes``: one Axes or an array of them); closes it."""
     import matplotlib.pyplot as plt
 
     first = axes.flat[0] if hasattr(axes, "flat") else axes
     figure = first.figure
     if size is not None:
         figure.set_size_inches(*size)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    png = figure_png(figure, dpi=FIGURE_DPI)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    return png
 
 
 def _slug(label: str) -> str:
@@ -199,47 +198,25 @@ def _best_table(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
-    # pandas' to_markdown needs the tabulate package; a plain pipe table needs nothing
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells as the pages show them: floats to 4 significant digits, missing values blank."""
+
     def cell(value) -> str:
         if value is None or (isinstance(value, float) and value != value):
             return ""
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+    return frame.map(cell)
 
 
-def _pages(study: optuna.Study, trials: pd.DataFrame, figures: dict[str, str], notes: list[str],
-           storage_label: str) -> tuple[str, str]:
-    summary = _summary(study, trials, storage_label)
+def _sections(study: optuna.Study, trials: pd.DataFrame, figures: list[Plot], notes: list[str],
+              storage_label: str) -> list[Section]:
+    summary = pd.DataFrame(_summary(study, trials, storage_label), columns=["item", "value"])
     best = _best_table(study, trials)
-    best_title = "Pareto front" if len(study.directions) > 1 else "Best trial"
-    float_format = "{:.4g}".format
-
-    md = [f"# Optuna study `{study.study_name}`", ""]
-    md += [f"- **{key}**: {value}" for key, value in summary]
-    md += ["", f"## {best_title}", "", _markdown_table(best) if not best.empty else "none yet", ""]
-    md += ["## Figures", ""]
-    md += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in figures.items()]
-    md += [f"_{note}_\n" for note in notes]
-    md += ["## All trials", "", _markdown_table(trials) if not trials.empty else "none", ""]
-
-    esc = html.escape
-    body = [f"<h1>Optuna study <code>{esc(study.study_name)}</code></h1>", "<table class='summary'>"]
-    body += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary]
-    body += ["</table>", f"<h2>{best_title}</h2>",
-             best.to_html(index=False, float_format=float_format, na_rep="") if not best.empty else "<p>none yet</p>",
-             "<h2>Figures</h2>"]
-    body += [f"<figure><img src='{esc(name)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>"
-             for name, caption in figures.items()]
-    body += [f"<p><em>{esc(note)}</em></p>" for note in notes]
-    body += ["<h2>All trials</h2>",
-             trials.to_html(index=False, float_format=float_format, na_rep="") if not trials.empty else "<p>none</p>"]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}img{max-width:100%}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(study.study_name)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-    return "\n".join(md), page
+    return [
+        Section("Study", [Table(summary)]),
+        Section("Pareto front" if len(study.directions) > 1 else "Best trial",
+                [Table(_shown(best)) if not best.empty else "none yet"]),
+        Section("Figures", [*figures, *notes]),
+        Section("All trials", [Table(_shown(trials)) if not trials.empty else "none"]),
+    ]  # fmt: skip
