@@ -187,11 +187,14 @@ def register_dataset(dataset: Dataset) -> Dataset:
     if dataset.name in _DATASETS:
         raise ValueError(f"dataset {dataset.name!r} is already registered")
     if dataset.default_task not in dataset.tasks:
-        raise ValueError(f"dataset {dataset.name!r}: default task {dataset.default_task!r} is not one of its tasks")
+        raise ValueError(
+            f"dataset {dataset.name!r}: default task {dataset.default_task!r} is not one of its tasks"
+        )
     if dataset.reference_modality not in dataset.modalities:
         raise ValueError(f"dataset {dataset.name!r}: reference modality {dataset.reference_modality!r} "
                          f"is not one of {dataset.modalities}")
-    wrong = [name for name, task in dataset.tasks.items() if (task.dataset, task.name) != (dataset.name, name)]
+    wrong = [name for name, task in dataset.tasks.items()
+             if (task.dataset, task.name) != (dataset.name, name)]
     if wrong:
         raise ValueError(f"dataset {dataset.name!r}: tasks {wrong} are filed under another data set or name")
     _DATASETS[dataset.name] = dataset

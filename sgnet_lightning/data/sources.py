@@ -1,7 +1,7 @@
 """Where the subjects of each data set are on disk, and how their labels become one label map.
 
-A :class:`DatasetSource` reads one data set by the naming and label convention its registry record
-holds (:mod:`sgnet_lightning.datasets`); this module holds the reading, the record the facts:
+A :class:`DatasetSource` reads one data set as its registry record (:mod:`sgnet_lightning.datasets`)
+describes it: modalities, file naming, patient rule, label values. The conventions it follows:
 
 - ``bml`` (Brain-Mets-Lung-MRI-Path-Segs): ``<case>_t1ce_img``, ``<case>_flair_img``,
   ``<case>_core_seg``, ``<case>_whole_seg``, ``.nii`` or ``.nii.gz``. Copies circulate with other

@@ -51,9 +51,10 @@ How a subject is made:
    typical relative intensities (:data:`CONTRAST`), jittered per subject, with a smooth texture, a
    multiplicative bias field and Rician noise; zero outside the brain (skull-stripped); stored as
    int16 like most real releases.
-5. **Layout**: files named and placed exactly as in the real releases (see :class:`sgnet_lightning.datasets.PhantomLayout`),
-   including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and some
-   cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
+5. **Layout**: files named and placed exactly as in the real releases (each data set's
+   :class:`~sgnet_lightning.datasets.PhantomLayout` in the registry names cases and files),
+   including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and
+   some cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
    ``dataset_info.json`` records the settings, the missing labels, the number of tumours and the
    distractor voxel counts per case.
 
@@ -1141,7 +1142,8 @@ def _write_brats_case(
     subject = _make_subject(rng, template, layout.tumour, contrasts, lambda lesions: lesions > 0)
     for modality, contrast in layout.contrasts.items():
         image = _acquire(subject.images[contrast], subject.anatomy.mask, rng)
-        _write_nifti(case_dir / layout.file_name(case, modality + dataset.image_suffix), image, template.affine)
+        path = case_dir / layout.file_name(case, modality + dataset.image_suffix)
+        _write_nifti(path, image, template.affine)
     seg = np.zeros(subject.lesions.shape, dtype=np.uint8)
     for lesion_class, value in layout.lesion_labels.items():
         seg[subject.lesions == _LESION_VALUES[lesion_class]] = value
