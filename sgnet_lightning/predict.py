@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sgnet_lightning.files import atomic_write_bytes
 from sgnet_lightning.data.labels import get_task, regions_to_label_map
+from sgnet_lightning.datasets import image_name_ending
 from sgnet_lightning.errors import SgnetError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def load_trained(ckpt: str | Path, device: str | torch.device = "cpu"):
 
 def _subject_id(path: Path) -> str:
     name = re.sub(r"\.nii(\.gz)?$", "", path.name)
-    return re.sub(r"[_-](t1ce|t1c|t1n|t1|t2w|t2f|t2|flair)(_img)?$", "", name, flags=re.IGNORECASE)
+    return image_name_ending().sub("", name)
 
 
 def collect_inputs(inputs: Sequence[str | Path], dataset: str) -> dict[str, dict[str, Path]]:

@@ -17,12 +17,8 @@ from scipy import ndimage as ndi
 
 from sgnet_lightning.data.io import resample_to_grid
 from sgnet_lightning.data.sources import get_source
-from sgnet_lightning.data.synth import (
-    bml_missing_labels,
-    case_ids,
-    synthesize_dataset,
-    template_anatomy,
-)
+from sgnet_lightning.data.synth import bml_missing_labels, synthesize_dataset, template_anatomy
+from sgnet_lightning.datasets import get_dataset
 
 SIZE = 48  # 4.9 mm voxels: a case takes well under a second
 DEMO_SIZE = 64  # 3.6 mm voxels, the size `make demo` trains on
@@ -100,7 +96,7 @@ def test_brats_layout_is_exact(brats):
         "BraTS-GLI-00000-000",
         "BraTS-GLI-00001-000",
     ]
-    assert case_ids(kind, 2) == cases
+    assert get_dataset(kind).phantom.case_ids(2) == cases
     top_level = cases + ["dataset_info.json", "phantom_truth"]
     assert sorted(p.name for p in out.iterdir()) == sorted(top_level)
     for case in cases:
@@ -112,7 +108,7 @@ def test_dataset_info(bml):
     info = json.loads((bml / "dataset_info.json").read_text())
     assert info["kind"] == "bml" and info["n"] == 8 and info["seed"] == 3 and info["size"] == SIZE
     assert info["generator_version"] >= 1
-    assert info["cases"] == case_ids("bml", 8)
+    assert info["cases"] == get_dataset("bml").phantom.case_ids(8)
     assert info["missing_labels"] == {"BML-0008": ["core"]}
     assert set(info["tumours"]) == set(info["distractor_voxels"]) == set(info["cases"])
     assert info["distractor_values"] == DISTRACTOR_NAMES
@@ -124,7 +120,7 @@ def test_returns_case_folders(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown kind"):
+    with pytest.raises(ValueError, match="unknown dataset 'brats2020'; known: bml, "):
         synthesize_dataset("brats2020", 1, tmp_path)
     with pytest.raises(ValueError, match="size"):
         synthesize_dataset("bml", 1, tmp_path, size=8)
@@ -157,7 +153,7 @@ def test_one_more_case_only_appends(tmp_path, kind):
     synthesize_dataset(kind, 3, tmp_path / "three", seed=2, size=32, progress=False)
     two, three = all_files(tmp_path / "two"), all_files(tmp_path / "three")
     info_two, info_three = (json.loads(d.pop("dataset_info.json")) for d in (two, three))
-    new_case = case_ids(kind, 3)[2]
+    new_case = get_dataset(kind).phantom.case_ids(3)[2]
     assert {name: data for name, data in three.items() if new_case not in name} == two
     for key in ("tumours", "distractor_voxels"):
         assert {case: info_three[key][case] for case in info_two[key]} == info_two[key]
@@ -219,7 +215,7 @@ def test_missing_label_rule():
 
 
 def test_bml_masks_are_binary_inside_the_brain_and_small(bml):
-    for number, case in enumerate(case_ids("bml", 8), start=1):
+    for number, case in enumerate(get_dataset("bml").phantom.case_ids(8), start=1):
         t1ce, t1ce_affine = load(bml / case / f"{case}_t1ce_img.nii.gz")
         flair, flair_affine = load(bml / case / f"{case}_flair_img.nii.gz")
         brain_ml = (t1ce > 0).sum() * abs(np.linalg.det(t1ce_affine[:3, :3])) / 1000
@@ -238,7 +234,7 @@ def test_bml_masks_are_binary_inside_the_brain_and_small(bml):
 def test_brats_label_values_and_nesting(brats):
     kind, out = brats
     et_value = 4 if kind == "brats2021" else 3
-    for case in case_ids(kind, 2):
+    for case in get_dataset(kind).phantom.case_ids(2):
         files = brats_files(kind, out / case)
         seg, seg_affine = load(files["seg"])
         assert seg.dtype == np.uint8 and set(np.unique(seg)) == {0, 1, 2, et_value}
@@ -259,7 +255,7 @@ def test_brats_contrasts(brats):
     kind, out = brats
     et_value = 4 if kind == "brats2021" else 3
     white_matter, csf = template_tissue(SIZE)
-    for case in case_ids(kind, 2):
+    for case in get_dataset(kind).phantom.case_ids(2):
         files = brats_files(kind, out / case)
         seg, _ = load(files["seg"])
         healthy_wm = white_matter & ~ndi.binary_dilation(seg > 0, FULL_3X3X3, iterations=2)
@@ -274,7 +270,7 @@ def test_brats_contrasts(brats):
 
 def test_bml_core_enhances_and_whole_is_bright_on_flair(bml):
     white_matter, _ = template_tissue(SIZE)
-    for case in case_ids("bml", 3):
+    for case in get_dataset("bml").phantom.case_ids(3):
         t1ce, _ = load(bml / case / f"{case}_t1ce_img.nii.gz")
         core, _ = load(bml / case / f"{case}_core_seg.nii.gz")
         flair, _ = load(bml / case / f"{case}_flair_img.nii.gz")

@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from sgnet_lightning import files
 from sgnet_lightning.data import cache
-from sgnet_lightning.data.labels import Task, get_task, subregions_present
+from sgnet_lightning.data.labels import get_task, subregions_present
 from sgnet_lightning.data.patch_sampler import LabelBalancedSampler
+from sgnet_lightning.datasets import Task
 from sgnet_lightning.errors import DataError, SgnetError
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         manifest: path of a manifest CSV in ``data_manifests/`` (see ``sgnet data manifest``).
         data_root: folder of the raw data when it is not the manifest's recorded root.
         cache_root: folder of the preprocessed cache (``sgnet data preprocess``); created on demand.
-        task: task of the data set (``labels.TASKS``); None = the data set's default.
+        task: a task of the data set (its registry record's ``tasks``); None = the data set's default.
         fold: cross-validation fold for ``kfold`` manifests (None = fold 0 / the seed-way split).
         spacing_mm: isotropic target spacing of the cache.
         patch_size: training patch (x, y, z) in voxels (seed: 96, 96, 32).

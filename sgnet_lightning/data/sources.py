@@ -1,7 +1,7 @@
 """Where the subjects of each data set are on disk, and how their labels become one label map.
 
-A :class:`DatasetSource` knows one data set's file naming and label convention (see
-:mod:`sgnet_lightning.data.labels`):
+A :class:`DatasetSource` reads one data set as its registry record (:mod:`sgnet_lightning.datasets`)
+describes it: modalities, file naming, patient rule, label values. The conventions it follows:
 
 - ``bml`` (Brain-Mets-Lung-MRI-Path-Segs): ``<case>_t1ce_img``, ``<case>_flair_img``,
   ``<case>_core_seg``, ``<case>_whole_seg``, ``.nii`` or ``.nii.gz``. Copies circulate with other
@@ -28,6 +28,7 @@ Discovery never reads voxel data; :mod:`sgnet_lightning.data.validate` does.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from abc import ABC, abstractmethod
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from sgnet_lightning.data.io import load_nifti, resample_to_grid
-from sgnet_lightning.data.labels import LABEL_VALUES, Task
-from sgnet_lightning.errors import ConfigError, DataError
+from sgnet_lightning.datasets import Dataset, Task, get_dataset
+from sgnet_lightning.errors import DataError
 
 _NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -69,24 +70,33 @@ class SubjectRecord:
 
 
 class DatasetSource(ABC):
-    """One data set's naming, channel order and label convention.
+    """Reads one data set: finds its subjects' files and turns their labels into one label map.
+
+    Args:
+        dataset: the data set's registry record; its naming and label facts are copied onto the
+            reader as the attributes below.
 
     Attributes:
-        name: data set name (a key of :data:`SOURCES`).
+        dataset: the registry record.
+        name: data set name (registered in :mod:`sgnet_lightning.datasets`).
         modalities: channel order of the network input.
         reference_modality: the modality whose grid every other file is resampled onto.
         label_parts: label name -> the file-name part that marks that label file.
+        naming_hint: an example file name, for "nothing found" messages.
         shared_grid: the release puts every file of a subject on one voxel grid (BraTS), so a file
             whose shape or affine differs from the reference modality's is a fault (a wrong or
             damaged file), not a grid to resample from.
     """
 
-    name: str
-    modalities: tuple[str, ...]
-    reference_modality: str
-    label_parts: dict[str, str]
-    naming_hint: str  # for "nothing found" messages
-    shared_grid: bool = False
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.name = dataset.name
+        self.modalities = dataset.modalities
+        self.reference_modality = dataset.reference_modality
+        self.label_parts = dataset.label_parts
+        self.naming_hint = dataset.naming_hint
+        self.shared_grid = dataset.shared_grid
+        self._patient_pattern = re.compile(dataset.patient_pattern) if dataset.patient_pattern else None
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -106,7 +116,8 @@ class DatasetSource(ABC):
     def patient_of(self, subject: str) -> str:
         """The patient a subject (one scan session) belongs to, by the data set's naming (see the
         module docstring); splits never separate the subjects of one patient."""
-        return subject
+        found = self._patient_pattern.match(subject) if self._patient_pattern else None
+        return found.group("patient") if found else subject
 
     def discover(self, root: str | os.PathLike, exclude=(), *, keep_incomplete: bool = False) -> list[SubjectRecord]:
         """Find every subject under ``root`` (any folder depth), sorted by subject ID.
@@ -260,27 +271,18 @@ def _non_integer_problem(values: np.ndarray) -> tuple[str, bool] | None:
 
 
 class BmlSource(DatasetSource):
-    """Brain-Mets-Lung-MRI-Path-Segs: T1CE + FLAIR, binary whole-tumour and core masks."""
+    """Brain-Mets-Lung-MRI-Path-Segs: T1CE + FLAIR, binary whole-tumour and core masks, found at
+    any depth by the name part alone."""
 
-    name = "bml"
-    modalities = ("t1ce", "flair")
-    reference_modality = "t1ce"
-    label_parts = {"whole": "whole_seg", "core": "core_seg"}
-    naming_hint = "<case>_t1ce_img.nii.gz, <case>_flair_img.nii.gz, <case>_whole_seg.nii.gz"
-    # a name part is delimited by _ - . or space (or the ends of the name)
-    _PART = re.compile(r"(?:^|(?<=[_\-. ]))(t1ce|flair|core_seg|whole_seg)(?=[_\-. ]|$)", re.I)
-    # a repeat-scan suffix ends a case ID (module docstring): "BML-0012_tp2" -> "BML-0012"
-    _REPEAT_SCAN = re.compile(
-        r"^(?P<patient>.+?)[_\-. ](?:tp|timepoint|scan|visit|fu|followup|rec|recurrence|repeat)[_\-]?\d*$", re.I
-    )
-
-    def patient_of(self, subject: str) -> str:
-        found = self._REPEAT_SCAN.match(subject)
-        return found.group("patient") if found else subject
+    def __init__(self, dataset: Dataset):
+        super().__init__(dataset)
+        parts = "|".join(map(re.escape, (*self.modalities, *self.label_parts.values())))
+        # a name part is delimited by _ - . or space (or the ends of the name)
+        self._part = re.compile(rf"(?:^|(?<=[_\-. ]))({parts})(?=[_\-. ]|$)", re.I)
 
     def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
         stem = _stem(file_name)
-        found = self._PART.search(stem)
+        found = self._part.search(stem)
         if found is None:
             return None
         subject = stem[: found.start(1)].rstrip("_-. ") or folder.name
@@ -319,47 +321,26 @@ class BmlSource(DatasetSource):
 
 
 class BratsSource(DatasetSource):
-    """BraTS 2021 or 2023: four co-registered modalities and one multi-class ``seg`` file."""
+    """BraTS 2021 or 2023: four co-registered modalities and one multi-class ``seg`` file, named
+    by the record's :attr:`~sgnet_lightning.datasets.Dataset.file_pattern`."""
 
-    label_parts = {"seg": "seg"}
-    shared_grid = True
-
-    def __init__(
-        self,
-        name: str,
-        modalities: tuple[str, ...],
-        reference: str,
-        pattern: str,
-        hint: str,
-        patient_pattern: str | None = None,
-    ):
-        """``pattern`` matches a file name with groups ``subject`` and ``part``; ``patient_pattern``
-        (optional) matches a subject ID with group ``patient`` (without it a subject is a patient)."""
-        self.name, self.modalities, self.reference_modality = name, modalities, reference
-        self._pattern = re.compile(pattern, re.IGNORECASE)
-        self._patient_pattern = re.compile(patient_pattern) if patient_pattern else None
-        self.naming_hint = hint
+    def __init__(self, dataset: Dataset):
+        super().__init__(dataset)
+        self._pattern = re.compile(dataset.file_pattern, re.IGNORECASE)
 
     def match(self, file_name: str, folder: Path) -> tuple[str, str] | None:
         found = self._pattern.match(file_name)
         return (found.group("subject"), found.group("part").lower()) if found else None
 
-    def patient_of(self, subject: str) -> str:
-        found = self._patient_pattern.match(subject) if self._patient_pattern else None
-        return found.group("patient") if found else subject
-
     def label_value_problems(self, name: str, values: np.ndarray) -> list[tuple[str, bool]]:
         if (non_integer := _non_integer_problem(values)) is not None:
             return [non_integer]
-        allowed = LABEL_VALUES[self.name]
+        allowed = self.dataset.label_values
         outside = [v for v in np.asarray(values).tolist() if v not in allowed]
         if not outside:
             return []
-        hint = ""
-        if self.name == "brats2023" and 4 in outside:
-            hint = " (BraTS 2021 writes ET as 4: wrong data set, or remap 4 -> 3)"
-        if self.name == "brats2021" and 3 in outside:
-            hint = " (BraTS 2023 writes ET as 3: wrong data set?)"
+        hints = [hint for value, hint in self.dataset.label_value_hints.items() if value in outside]
+        hint = f" ({hints[0]})" if hints else ""
         shown = ", ".join(f"{v:g}" for v in outside[:10])
         expected = ", ".join(str(v) for v in allowed)
         return [(f"holds values {shown} outside {self.name}'s labels ({expected}){hint}", True)]
@@ -379,28 +360,16 @@ def _grid_of(reference_img) -> tuple[tuple[int, int, int], np.ndarray]:
     return tuple(int(s) for s in shape[:3]), np.asarray(affine, dtype=np.float64)
 
 
-SOURCES: dict[str, DatasetSource] = {
-    "bml": BmlSource(),
-    "brats2021": BratsSource(
-        "brats2021",
-        ("t1", "t1ce", "t2", "flair"),
-        "t1ce",
-        r"^(?P<subject>BraTS2021_\d+)_(?P<part>t1|t1ce|t2|flair|seg)\.nii(\.gz)?$",
-        "BraTS2021_00000_t1ce.nii.gz",
-    ),
-    "brats2023": BratsSource(
-        "brats2023",
-        ("t1n", "t1c", "t2w", "t2f"),
-        "t1c",
-        r"^(?P<subject>BraTS-[A-Za-z]+-\d+-\d+)-(?P<part>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$",
-        "BraTS-GLI-00000-000-t1c.nii.gz or BraTS-MET-00000-000-t1c.nii.gz",
-        patient_pattern=r"^(?P<patient>BraTS-[A-Za-z]+-\d+)-\d+$",  # the last number is the timepoint
-    ),
-}
+# reader name of a registry record -> the class that reads such data sets
+_READERS: dict[str, type[DatasetSource]] = {"bml": BmlSource, "brats": BratsSource}
 
 
+@functools.cache
 def get_source(name: str) -> DatasetSource:
-    """The :class:`DatasetSource` of data set ``name``."""
-    if name not in SOURCES:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
-    return SOURCES[name]
+    """The reader of data set ``name`` (one per data set, built from its registry record).
+
+    Raises:
+        UnknownDatasetError: ``name`` is not a registered data set (a ConfigError).
+    """
+    dataset = get_dataset(name)
+    return _READERS[dataset.reader](dataset)

@@ -51,9 +51,10 @@ How a subject is made:
    typical relative intensities (:data:`CONTRAST`), jittered per subject, with a smooth texture, a
    multiplicative bias field and Rician noise; zero outside the brain (skull-stripped); stored as
    int16 like most real releases.
-5. **Layout**: files named and placed exactly as in the real releases (see :func:`case_ids`),
-   including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and some
-   cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
+5. **Layout**: files named and placed exactly as in the real releases (each data set's
+   :class:`~sgnet_lightning.datasets.PhantomLayout` in the registry names cases and files),
+   including the ``bml`` quirks: FLAIR and ``whole_seg`` on their own, thicker-sliced grid, and
+   some cases without ``core_seg`` and/or ``whole_seg`` (:func:`bml_missing_labels`).
    ``dataset_info.json`` records the settings, the missing labels, the number of tumours and the
    distractor voxel counts per case.
 
@@ -80,12 +81,11 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from sgnet_lightning.datasets import Dataset, get_dataset, list_datasets
 from sgnet_lightning.files import atomic_write_bytes, atomic_write_json
 from sgnet_lightning.data.io import resample_to_grid
 
 SYNTH_VERSION = 2
-KINDS = ("bml", "brats2021", "brats2023")
-MODALITIES = ("t1", "t1ce", "t2", "flair")  # internal names; each layout renames them
 
 MIN_SIZE = 32  # below this a 2.5-voxel lesion no longer fits the bml tumour budget
 MIN_LESION_DIAMETER_VOXELS = 2.5  # lesions and blob-like distractors stay visible on coarse grids
@@ -98,13 +98,13 @@ LESION_TRIES = 40  # placements tried per tumour or distractor before it is drop
 PARTIAL_VOLUME_SIGMA_VOXELS = 0.4  # blur of lesion class maps before mixing intensities
 INTENSITY_GAIN_RANGE = (400.0, 1200.0)  # scanner units of white matter, drawn per modality
 
-# Internal lesion values (the BraTS 2023 convention).
+# Internal lesion values (the BraTS 2023 convention); a layout's lesion_labels name them.
 NCR, ED, ET = 1, 2, 3
+_LESION_VALUES = {"NCR": NCR, "ED": ED, "ET": ET}
 # Values of the distractor truth map, written to <out>/TRUTH_DIR/<case>_distractors.nii.gz.
 DISTRACTOR_VALUES = {"vessel": 1, "dura": 2, "choroid_plexus": 3, "flair_lesion": 4}
 TRUTH_DIR = "phantom_truth"
 
-_KIND_NUMBER = {kind: number for number, kind in enumerate(KINDS)}
 _FULL_3X3X3 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -1000,8 +1000,8 @@ def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     atomic_write_bytes(path, _nifti_bytes(array, affine))
 
 
-def _subject_rng(seed: int, kind: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _KIND_NUMBER[kind], index])
+def _subject_rng(seed: int, dataset: Dataset, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, dataset.phantom.seed_stream, index])
 
 
 # ================================================================================================
@@ -1077,8 +1077,11 @@ def _to_grid(
 
 
 def _write_bml_case(
-    case_dir: Path, case: str, case_number: int, template: Anatomy, rng: np.random.Generator
+    case_dir: Path, case: str, case_number: int, dataset: Dataset, template: Anatomy, rng: np.random.Generator
 ) -> Subject:
+    """Case ``case_number`` (1-based) of a ``bml``-writer data set: the T1ce image and ``core_seg``
+    on the template grid, the FLAIR image and ``whole_seg`` on the case's own FLAIR grid."""
+    layout = dataset.phantom
     affine, shape = template.affine, template.shape
     flair_affine, flair_shape = _flair_grid(rng, affine, shape)
 
@@ -1097,22 +1100,27 @@ def _write_bml_case(
         )
         return (lesions > 0) | (back > 0)
 
-    subject = _make_subject(rng, template, "metastases", ("t1ce", "flair"), labelled_voxels)
+    subject = _make_subject(rng, template, layout.tumour, ("t1ce", "flair"), labelled_voxels)
     anatomy = subject.anatomy
     core = np.isin(subject.lesions, (NCR, ET))
     flair_mask = on_flair_grid(anatomy.brain) > 0.5
     flair = on_flair_grid(subject.images["flair"])
     flair_whole = flair_whole_seg(subject.lesions)
-    files = {
-        "t1ce_img": (_acquire(subject.images["t1ce"], anatomy.mask, rng), affine),
-        "flair_img": (_acquire(flair, flair_mask, rng), flair_affine),
-        "core_seg": (core.astype(np.uint8), affine),
-        "whole_seg": ((flair_whole & flair_mask).astype(np.uint8), flair_affine),
+    images = {  # by phantom contrast
+        "t1ce": (_acquire(subject.images["t1ce"], anatomy.mask, rng), affine),
+        "flair": (_acquire(flair, flair_mask, rng), flair_affine),
+    }
+    for modality, contrast in layout.contrasts.items():
+        array, part_affine = images[contrast]
+        _write_nifti(case_dir / layout.file_name(case, modality + dataset.image_suffix), array, part_affine)
+    labels = {
+        "core": (core.astype(np.uint8), affine),
+        "whole": ((flair_whole & flair_mask).astype(np.uint8), flair_affine),
     }
     missing = bml_missing_labels(case_number)
-    for part, (array, part_affine) in files.items():
-        path = case_dir / f"{case}_{part}.nii.gz"
-        if part.endswith("_seg") and part.removesuffix("_seg") in missing:
+    for label, (array, part_affine) in labels.items():
+        path = case_dir / layout.file_name(case, dataset.label_parts[label])
+        if label in missing:
             path.unlink(missing_ok=True)  # a rerun must not leave an older label behind
             continue
         _write_nifti(path, array, part_affine)
@@ -1123,34 +1131,23 @@ def _write_bml_case(
 # Layout: BraTS 2021 and BraTS 2023 GLI
 # ================================================================================================
 
-# File suffix of each internal modality, and the label value of NCR, ED, ET, per edition.
-_BRATS_LAYOUT = {
-    "brats2021": {
-        "suffixes": {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"},
-        "separator": "_",
-        "labels": {NCR: 1, ED: 2, ET: 4},
-    },
-    "brats2023": {
-        "suffixes": {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"},
-        "separator": "-",
-        "labels": {NCR: 1, ED: 2, ET: 3},
-    },
-}
-
 
 def _write_brats_case(
-    case_dir: Path, case: str, kind: str, template: Anatomy, rng: np.random.Generator
+    case_dir: Path, case: str, dataset: Dataset, template: Anatomy, rng: np.random.Generator
 ) -> Subject:
-    layout = _BRATS_LAYOUT[kind]
-    subject = _make_subject(rng, template, "glioma", MODALITIES, lambda lesions: lesions > 0)
-    sep = layout["separator"]
-    for modality, suffix in layout["suffixes"].items():
-        image = _acquire(subject.images[modality], subject.anatomy.mask, rng)
-        _write_nifti(case_dir / f"{case}{sep}{suffix}.nii.gz", image, template.affine)
+    """One case of a ``brats``-writer data set: every modality and the ``seg`` map on one grid, the
+    lesion classes written with the edition's values (``phantom.lesion_labels``)."""
+    layout = dataset.phantom
+    contrasts = tuple(layout.contrasts.values())
+    subject = _make_subject(rng, template, layout.tumour, contrasts, lambda lesions: lesions > 0)
+    for modality, contrast in layout.contrasts.items():
+        image = _acquire(subject.images[contrast], subject.anatomy.mask, rng)
+        path = case_dir / layout.file_name(case, modality + dataset.image_suffix)
+        _write_nifti(path, image, template.affine)
     seg = np.zeros(subject.lesions.shape, dtype=np.uint8)
-    for internal, value in layout["labels"].items():
-        seg[subject.lesions == internal] = value
-    _write_nifti(case_dir / f"{case}{sep}seg.nii.gz", seg, template.affine)
+    for lesion_class, value in layout.lesion_labels.items():
+        seg[subject.lesions == _LESION_VALUES[lesion_class]] = value
+    _write_nifti(case_dir / layout.file_name(case, dataset.label_parts["seg"]), seg, template.affine)
     return subject
 
 
@@ -1159,19 +1156,14 @@ def _write_brats_case(
 # ================================================================================================
 
 
-def case_ids(kind: str, n: int) -> list[str]:
-    """IDs of the first ``n`` cases: ``BML-0001``, ``BraTS2021_00000``, ``BraTS-GLI-00000-000``."""
-    _check_kind(kind)
-    if kind == "bml":
-        return [f"BML-{i + 1:04d}" for i in range(n)]
-    if kind == "brats2021":
-        return [f"BraTS2021_{i:05d}" for i in range(n)]
-    return [f"BraTS-GLI-{i:05d}-000" for i in range(n)]
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+def _with_phantom(kind: str) -> Dataset:
+    """The registry record of data set ``kind``; ValueError when it is unknown or has no phantom."""
+    dataset = get_dataset(kind)
+    if dataset.phantom is None:
+        raise ValueError(
+            f"dataset {kind!r} has no phantom layout; phantoms: {', '.join(list_datasets(with_phantom=True))}"
+        )
+    return dataset
 
 
 def synthesize_dataset(
@@ -1185,7 +1177,9 @@ def synthesize_dataset(
     """Write ``n`` synthetic cases of data set ``kind`` under ``out_dir``, in the real file layout.
 
     Args:
-        kind: ``"bml"``, ``"brats2021"`` or ``"brats2023"``.
+        kind: a data set with a phantom layout (:func:`sgnet_lightning.datasets.list_datasets`
+            ``(with_phantom=True)``: ``"bml"``, ``"brats2021"``, ``"brats2023"``); its record's
+            :attr:`~sgnet_lightning.datasets.Dataset.phantom` names the cases and files.
         n: number of cases (>= 1).
         out_dir: folder to write into (created): one sub-folder per case, ``dataset_info.json``,
             and ``phantom_truth/<case>_distractors.nii.gz`` (distractor maps, see the module
@@ -1197,25 +1191,30 @@ def synthesize_dataset(
 
     Returns:
         The case folders, in case order. Existing files of the same names are replaced.
+
+    Raises:
+        ValueError: unknown ``kind`` (an :class:`~sgnet_lightning.datasets.UnknownDatasetError`) or
+            one without a phantom layout, bad ``n`` or ``size``.
     """
-    _check_kind(kind)
+    dataset = _with_phantom(kind)
+    layout = dataset.phantom
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if size is not None and (not isinstance(size, (int, np.integer)) or size < MIN_SIZE):
         raise ValueError(f"size must be None or an integer >= {MIN_SIZE}, got {size!r}")
     out_dir = Path(out_dir)
     template = template_anatomy(None if size is None else int(size))
-    cases = case_ids(kind, n)
+    cases = layout.case_ids(n)
     truth_dir = out_dir / TRUTH_DIR
     case_dirs, n_tumours, distractor_voxels = [], {}, {}
     for index, case in enumerate(tqdm(cases, desc=f"synth {kind}", disable=not progress)):
         case_dir = out_dir / case
         case_dir.mkdir(parents=True, exist_ok=True)
-        rng = _subject_rng(seed, kind, index)
-        if kind == "bml":
-            subject = _write_bml_case(case_dir, case, index + 1, template, rng)
+        rng = _subject_rng(seed, dataset, index)
+        if layout.writer == "bml":
+            subject = _write_bml_case(case_dir, case, layout.first_number + index, dataset, template, rng)
         else:
-            subject = _write_brats_case(case_dir, case, kind, template, rng)
+            subject = _write_brats_case(case_dir, case, dataset, template, rng)
         truth_dir.mkdir(exist_ok=True)
         _write_nifti(truth_dir / f"{case}_distractors.nii.gz", subject.distractors, template.affine)
         n_tumours[case] = subject.n_tumours
@@ -1239,11 +1238,11 @@ def synthesize_dataset(
         "distractor_values": DISTRACTOR_VALUES,
         "distractor_voxels": distractor_voxels,
     }
-    if kind == "bml":
+    if layout.writer == "bml":
         info["missing_labels"] = {
-            case: sorted(bml_missing_labels(i + 1))
-            for i, case in enumerate(cases)
-            if bml_missing_labels(i + 1)
+            case: sorted(bml_missing_labels(number))
+            for number, case in enumerate(cases, start=layout.first_number)
+            if bml_missing_labels(number)
         }
     atomic_write_json(out_dir / "dataset_info.json", info)
     return case_dirs

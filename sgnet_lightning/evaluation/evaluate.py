@@ -12,7 +12,7 @@ Folder layout read by :func:`evaluate_folders`:
 
 - predictions: ``<pred_dir>/<subject>.nii.gz`` (or ``.nii``), optionally named
   ``<subject>_pred.nii.gz``; integer label maps in the data set's canonical convention
-  (:mod:`sgnet_lightning.data.labels`);
+  (:attr:`sgnet_lightning.datasets.Dataset.label_values`);
 - references, by default: ``<ref_dir>/**/<subject>*.nii[.gz]`` label maps in the same convention.
   When some reference file names end in ``_seg``/``-seg``/``_label``/``-label`` (BraTS:
   ``BraTS-GLI-00000-000-seg.nii.gz``, ``BraTS2021_00000_seg.nii.gz``), only those are references and
@@ -39,7 +39,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sgnet_lightning.files import atomic_write_text
-from sgnet_lightning.data.labels import LABEL_VALUES, Task, get_task, label_map_to_masks
+from sgnet_lightning.data.labels import get_task, label_map_to_masks
+from sgnet_lightning.datasets import Task, get_dataset
 from sgnet_lightning.errors import DataError, SgnetError
 from sgnet_lightning.evaluation.lesions import LESION_SETTINGS, LesionSettings, lesion_metrics
 from sgnet_lightning.evaluation.metrics import (
@@ -53,10 +54,6 @@ from sgnet_lightning.evaluation.metrics import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["subject", "region", "metric", "value", "convention"]
-
-# Lesion-wise preset per data set: the SG-Net data are brain metastases (BraTS MET rules);
-# BraTS 2021 and 2023 default to the glioma rules (pass LESION_SETTINGS["MET"] for BraTS-MET).
-DEFAULT_LESION_PRESET = {"bml": "MET", "brats2021": "GLI", "brats2023": "GLI"}
 
 # Affines of prediction and reference may differ by this much (mm) and still count as one grid:
 # NIfTI stores the affine in float32, so files of one grid written by different tools differ ~1e-5.
@@ -91,8 +88,10 @@ ReferenceLoader = Callable[[Path], Mapping[str, Callable[[], Reference]]]
 
 
 def default_lesion_settings(dataset: str, penalty_mm: float = DEFAULT_EMPTY_PENALTY_MM) -> LesionSettings:
-    """The lesion-wise preset of ``dataset`` (see :data:`DEFAULT_LESION_PRESET`) with ``penalty_mm``."""
-    preset = LESION_SETTINGS[DEFAULT_LESION_PRESET[dataset]]
+    """The lesion-wise preset of ``dataset`` (its registry record's
+    :attr:`~sgnet_lightning.datasets.Dataset.lesion_preset`: MET for the ``bml`` metastases, GLI
+    for BraTS 2021 and 2023; pass ``LESION_SETTINGS["MET"]`` for BraTS-MET) with ``penalty_mm``."""
+    preset = LESION_SETTINGS[get_dataset(dataset).lesion_preset]
     return dataclasses.replace(preset, penalty_mm=float(penalty_mm))
 
 
@@ -137,7 +136,7 @@ def evaluate_case(
         if unknown:
             raise ValueError(
                 f"{role} holds label values {unknown} not defined for {task.dataset} "
-                f"(allowed: {list(LABEL_VALUES[task.dataset])})"
+                f"(allowed: {list(get_dataset(task.dataset).label_values)})"
             )
     if lesions and lesion_settings is None:
         lesion_settings = default_lesion_settings(task.dataset, empty_penalty_mm)
@@ -382,7 +381,7 @@ def score_prediction(
                 subject,
                 file,
                 f"{role} holds label values {unknown} not defined for {task.dataset} "
-                f"(allowed: {list(LABEL_VALUES[task.dataset])})",
+                f"(allowed: {list(get_dataset(task.dataset).label_values)})",
             )
     return evaluate_case(pred, reference.label_map, task, reference.spacing_mm, **case_options)
 
@@ -413,7 +412,8 @@ def _unknown_labels(label_map: np.ndarray, dataset: str) -> list:
         present = np.flatnonzero(np.bincount(label_map.ravel()))
     else:
         present = np.unique(label_map)
-    return [v.item() for v in present if v not in LABEL_VALUES[dataset]]
+    allowed = get_dataset(dataset).label_values
+    return [v.item() for v in present if v not in allowed]
 
 
 def _stem(path: Path) -> str:

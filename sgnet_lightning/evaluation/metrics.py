@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sgnet_lightning.data.labels import Task, label_map_to_masks, regions_to_label_map
+from sgnet_lightning.data.labels import label_map_to_masks, regions_to_label_map
+from sgnet_lightning.datasets import Task
 from sgnet_lightning.evaluation.surface import (
     assd_mm,
     check_spacing,
