@@ -67,7 +67,8 @@ from sgnet_lightning.analysis.stats import (
     subject_values,
     write_stats,
 )
-from sgnet_lightning.data.labels import Task, get_task
+from sgnet_lightning.data.labels import get_task
+from sgnet_lightning.datasets import Task
 from sgnet_lightning.evaluation import higher_is_better
 
 logger = logging.getLogger(__name__)
