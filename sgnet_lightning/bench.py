@@ -36,7 +36,6 @@ No figure is estimated: a part that was not run is absent (or null) in the JSON.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -1026,53 +1025,3 @@ def _timed(label: str, measure: Callable[..., dict], *args) -> dict:
     shown = f"{figure:,.1f} patches/s" if figure is not None else f"{result['ms_per_volume']:,.0f} ms/volume"
     _log(f"{label}: {shown} ({time.perf_counter() - start:.1f} s)")
     return result
-
-
-# ================================================================================================
-# Command line
-# ================================================================================================
-def _cmd_bench(args) -> int:
-    if args.mode == "loader":
-        out = args.out or "runs/perf/loader.json"
-        report = run_loader_bench(out, quick=args.quick, patch=args.patch, phantom_dir=args.phantom_dir,
-                                  manifest=args.manifest, cache_root=args.cache_root, device=args.device,
-                                  rounds=args.rounds, threads=args.threads, queues=args.queue)
-        print(f"device: {report['device']['name']} ({report['device']['type']}), {report['date']}")
-        print(format_loader_table(report["loader"]))
-    else:
-        out = args.out or "runs/perf/bench.json"
-        report = run_bench(out, models=args.models, quick=args.quick, steps=args.steps, patch=args.patch,
-                           phantom_dir=args.phantom_dir, manifest=args.manifest, cache_root=args.cache_root,
-                           compile=args.compile, device=args.device, parts=tuple(args.parts), threads=args.threads)
-        print(f"device: {report['device']['name']} ({report['device']['type']}), torch {report['device']['torch']}, "
-              f"{report['date']}")
-        for note in report["notes"]:
-            print(f"note: {note}")
-        print(format_table(report))
-        if "loader" in report:
-            print(format_loader_table(report["loader"]))
-    print(f"written: {out}")
-    return 0
-
-
-def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``sgnet bench [loader]`` to the ``sgnet`` command line."""
-    p = subparsers.add_parser("bench", help="speed: seed way vs suite defaults; `bench loader`: loaders only")
-    p.add_argument("mode", nargs="?", choices=["all", "loader"], default="all",
-                   help="all (default): models, end to end, loaders, inference; loader: the loader comparison")
-    p.add_argument("--out", help="JSON file (default runs/perf/bench.json or runs/perf/loader.json)")
-    p.add_argument("--models", nargs="+", help="architectures (default: every registered one)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke runs and tests)")
-    p.add_argument("--steps", type=int, help="timed training steps per repeat (model only)")
-    p.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch / roi in voxels")
-    p.add_argument("--phantom-dir", help="phantom BML set to reuse, or where to write one")
-    p.add_argument("--manifest", help="manifest of a real data set instead of a phantom set")
-    p.add_argument("--cache-root", help="preprocessed cache folder (default: a temporary one)")
-    p.add_argument("--compile", action="store_true", help="also time the suite with torch.compile (CUDA)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure")
-    p.add_argument("--rounds", type=int, help="loader: alternating DataModule / naive rounds")
-    p.add_argument("--threads", type=int, help="torch threads of this process (default: torch's choice)")
-    p.add_argument("--queue", type=int, nargs=3, action="append", metavar=("SPV", "LENGTH", "WORKERS"),
-                   help="loader: also compare this queue (samples per volume, length, workers); repeatable")
-    p.set_defaults(func=_cmd_bench)
