@@ -58,7 +58,7 @@ def positive_int(text: str) -> int:
 def add_override_arg(p: argparse.ArgumentParser, help: str) -> None:
     """``--set KEY=VALUE`` (repeatable); its command then also takes dotted flags (see the module doc)."""
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=help + "; --KEY VALUE is the same, e.g. --trainer.max_epochs 3")
+                   help=help + "; or as a dotted flag: --trainer.max_epochs 3 is --set trainer.max_epochs=3")
 
 
 def override_keys(pairs: list[str]) -> list[str]:
