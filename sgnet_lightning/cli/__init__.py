@@ -34,7 +34,7 @@ import re
 import sys
 
 # the stages, in data-flow order: each adds its commands to the parser
-from sgnet_lightning.cli import data, run, benchmark, sweep, perf  # noqa: I001
+from sgnet_lightning.cli import data, run, benchmark, sweep, perf
 from sgnet_lightning.cli.options import split_dotted_flags
 from sgnet_lightning.errors import SgnetError
 
