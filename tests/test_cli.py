@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_BENCHMARK = str(REPO / "experiments" / "benchmarks" / "demo.yaml")
 
 
-def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+Parser = argparse.ArgumentParser
+
+
+def _commands(parser: Parser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Parser]:
     """Every command of the parser, as its words (``("data", "synth")``) -> its own parser."""
     found = {path: parser} if path else {}
     for action in parser._actions:
