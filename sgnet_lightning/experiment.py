@@ -89,7 +89,7 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sgnet_lightning.cli_lightning import SuiteCLI
+    from sgnet_lightning.lightning_config import SuiteCLI
 
     cli_config = {k: v for k, v in config.items() if k not in SUITE_KEYS}
     best = ModelCheckpoint(

@@ -16,6 +16,7 @@ from sgnet_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM_CONFIG = str(REPO / "experiments" / "phantom_bml" / "sgnet.yaml")
+DEMO_BENCHMARK = str(REPO / "experiments" / "benchmarks" / "demo.yaml")
 
 
 def _written(tmp_path: Path, name: str, text: str) -> str:
@@ -137,6 +138,29 @@ CASES = {
         lambda t: ["fit", "--config", PHANTOM_CONFIG, "--set", "model.aux_loss_weight=[1"], "model.aux_loss_weight",
     ),
     "no command": (lambda t: [], "the following arguments are required: command"),
+    "fit: unknown dotted key": (
+        lambda t: ["fit", "--config", PHANTOM_CONFIG, "--trainer.max_epoch", "1"],
+        "config key 'trainer.max_epoch': trainer has no argument 'max_epoch'",
+    ),
+    "fit: dotted flag without a value": (
+        lambda t: ["fit", "--config", PHANTOM_CONFIG, "--trainer.max_epochs"], "--trainer.max_epochs needs a value",
+    ),
+    "benchmark: unknown dotted key": (
+        lambda t: ["benchmark", "--config", DEMO_BENCHMARK, "--trainer.max_epoch=1"],
+        "config key 'trainer.max_epoch': trainer has no argument 'max_epoch'",
+    ),
+    "benchmark: unknown dotted section": (
+        lambda t: ["benchmark", "status", "--config", DEMO_BENCHMARK, "--trainr.max_epochs", "1"],
+        "a benchmark has no key 'trainr'",
+    ),
+    "sweep: unknown dotted key": (
+        lambda t: ["sweep", "run", str(REPO / "sweeps" / "tiny_phantom_gate.yaml"), "--study", "s",
+                   "--runs-root", str(t / "sweeps"), "--data.batch_sise", "2"],
+        "data has no argument 'batch_sise'",
+    ),
+    "data check: dotted flag": (
+        lambda t: ["data", "check", str(t / "m.csv"), "--trainer.max_epochs", "1"], "takes no config overrides",
+    ),
 }
 
 

@@ -31,7 +31,7 @@ def parse_only(config: dict) -> None:
     """Validate a config with the suite's LightningCLI parser, instantiating nothing."""
     import tempfile
 
-    from sgnet_lightning.cli_lightning import SuiteCLI
+    from sgnet_lightning.lightning_config import SuiteCLI
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"

@@ -6,6 +6,9 @@
     sgnet sweep best --study sgnet_gate [--storage URL] --out experiments/tuned/sgnet_gate.yaml
     sgnet sweep report --study sgnet_gate [--storage URL] --out runs/sweeps/sgnet_gate/report
 
+``run`` takes overrides for every trial, merged into the space's ``fixed`` and checked like it:
+``--set data.data_root=/data/BML`` or, the same, ``--data.data_root /data/BML``.
+
 Without ``--storage`` a study lives in ``<runs-root>/<study>.journal`` (one machine). Workers share a
 study through its storage: ``--launcher local --workers N`` starts N on this machine (one per GPU by
 default), ``--launcher slurm --workers N`` submits N as one SLURM array (PostgreSQL storage needed),
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from sgnet_lightning.cli.options import add_override_arg, positive_int
 
 DEFAULT_RUNS_ROOT = "runs/sweeps"
 
@@ -113,11 +118,9 @@ def _add_storage_args(p: argparse.ArgumentParser, study_required: bool) -> None:
     p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="folder of trial runs and the default storage")
 
 
-def register_sweep_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``sgnet sweep`` and its sub-commands to the ``sgnet`` parser."""
-    from sgnet_lightning.cli import _positive_int
-
-    sweep = sub.add_parser("sweep", help="Optuna studies: run trials, status, write the best config, report")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sgnet sweep run | status | best | report``."""
+    sweep = subparsers.add_parser("sweep", help="Optuna studies: run trials, status, write the best config, report")
     sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
 
     p = sweep_sub.add_parser("run", help="run trials of a study until it has --n-trials finished ones")
@@ -126,8 +129,7 @@ def register_sweep_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, help="target number of finished trials in the study, across all "
                    "workers and reruns (default: the space's n_trials)")
     p.add_argument("--timeout", type=float, help="stop this worker after this many seconds")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="config override for every trial, e.g. data.data_root=/data/BML (merged into 'fixed')")
+    add_override_arg(p, "config override for every trial, e.g. data.data_root=/data/BML (merged into 'fixed')")
     p.add_argument("--heartbeat-interval", type=int, help="seconds between heartbeats (RDB storage; default 60)")
     p.add_argument("--grace-period", type=int, help="seconds without heartbeat before a trial counts as dead")
     p.add_argument("--max-retry", type=int, help="how often a dead trial is re-queued")
@@ -135,7 +137,7 @@ def register_sweep_commands(sub: argparse._SubParsersAction) -> None:
     launch.add_argument("--launcher", default="inline",
                         help="inline (default: this process is the one worker), local (--workers on this machine, "
                              "one per GPU by default), slurm (--workers as one SLURM array), or a launcher YAML")
-    launch.add_argument("--workers", type=_positive_int, help="workers to start (local, slurm)")
+    launch.add_argument("--workers", type=positive_int, help="workers to start (local, slurm)")
     launch.add_argument("--launcher-set", action="append", metavar="KEY=VALUE",
                         help="launcher setting, e.g. runs_per_gpu=2, partition=gpu, time_min=720")
     launch.add_argument("--gpus", help="local: GPU indices to use, e.g. 0,1,2,3 (default: every visible GPU)")

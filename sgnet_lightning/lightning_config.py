@@ -1,4 +1,10 @@
-"""The suite's ``LightningCLI``: parses and validates configs, links data shapes into the model."""
+"""Experiment config -> module, DataModule and Trainer: the suite's ``LightningCLI``, used as a parser.
+
+Not a command line (that is :mod:`sgnet_lightning.cli`): :func:`sgnet_lightning.experiment.build`
+hands it one resolved config file. LightningCLI brings the parser: types and unknown keys are checked
+against the signatures of ``SegmentationModule``, ``SegmentationDataModule`` and ``Trainer``, and
+the data's shapes are linked into the model.
+"""
 
 from __future__ import annotations
 

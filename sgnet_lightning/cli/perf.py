@@ -1,4 +1,4 @@
-"""``sgnet bench [loader]``: the command line over :mod:`sgnet_lightning.perf` (thin handlers).
+"""``sgnet bench [loader]``: speed measurements on this machine's device, thin over :mod:`sgnet_lightning.perf`.
 
 Results: a JSON file (``--out``) and Markdown tables on stdout (patches/s, ms per volume, GiB).
 """
@@ -36,8 +36,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``sgnet bench [loader]`` to the ``sgnet`` command line."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sgnet bench [loader]``."""
     p = subparsers.add_parser("bench", help="speed: seed way vs suite defaults; `bench loader`: loaders only")
     p.add_argument("mode", nargs="?", choices=["all", "loader"], default="all",
                    help="all (default): models, end to end, loaders, inference; loader: the loader comparison")
