@@ -109,7 +109,7 @@ def test_augmentation_flips_and_rotations_keep_image_and_label_aligned():
 def test_a_manifest_failing_its_check_is_refused_unless_the_subject_is_excluded(tmp_path):
     import nibabel as nib
 
-    phantom = write_phantom_set(tmp_path, 12, seed=2, size=32)
+    phantom = write_phantom_set(tmp_path, 12, generator="tiny")
     bad = Manifest.load(phantom["manifest"]).record("BML-0003").images["flair"]
     img = nib.load(bad)
     data = np.asarray(img.dataobj).astype(np.float32)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import sgnet, start_sgnet
+from conftest import sgnet, start_sgnet, write_phantom_set
 
 from sgnet_lightning.errors import SgnetError
 from sgnet_lightning.experiment import _explain_out_of_memory, check_writable, train
@@ -131,20 +131,15 @@ def test_commands_fail_with_one_line_and_no_traceback(args, message):
     assert message in result.err
 
 
-def test_check_and_evaluate_name_the_bad_file(phantom_bml, tmp_path):
-    import shutil
-
+def test_check_and_evaluate_name_the_bad_file(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    data = tmp_path / "data"
-    shutil.copytree(phantom_bml["root"], data)
-    from sgnet_lightning.data.manifest import make_manifest
-
-    make_manifest("bml", data, tmp_path / "m.csv", split_rule={"name": "seed_way"}, seed=0, progress=False)
+    phantom = write_phantom_set(tmp_path, 12, generator="tiny")
+    data = phantom["root"]
     broken = data / "BML-0002" / "BML-0002_flair_img.nii.gz"
     broken.write_bytes(broken.read_bytes()[:200])  # truncated
-    result = sgnet("data", "check", tmp_path / "m.csv", process=True)
+    result = sgnet("data", "check", phantom["manifest"], process=True)
     assert result.code == 2
     assert "BML-0002" in result.out and "BML-0002_flair_img.nii.gz" in result.out
 
