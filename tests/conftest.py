@@ -61,7 +61,8 @@ def phantom_bml(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_bml(tmp_path_factory) -> dict[str, Path]:
     """10 tiny Brain-Mets-Lung cases (2 mm, a few thousand voxels) and their seed-way manifest
-    (7 train, 1 val, 2 test); read only: a test that changes files copies them first."""
+    (7 train, 1 val, 2 test), shared by the session: tests add caches (one folder per preprocessing
+    setting), never change its files."""
     return write_phantom_set(tmp_path_factory.mktemp("tiny_bml"), 10, generator="tiny")
 
 
@@ -191,6 +192,8 @@ def sgnet(*args, capsys=None, process: bool = False, timeout: int = 600,
     """Run ``sgnet <args>`` to its end: in this process through the console entry ``main`` (its
     output read from ``capsys`` when given, else left to the test), or with ``process`` in a fresh
     one (:func:`start_sgnet`, with ``env``), killed after ``timeout`` seconds."""
+    if env is not None and not process:
+        raise ValueError("env changes a fresh process's environment: pass process=True")
     if process:
         proc = start_sgnet(*args, env=env)
         try:
@@ -200,7 +203,7 @@ def sgnet(*args, capsys=None, process: bool = False, timeout: int = 600,
             proc.communicate()
             raise
         return Ran(proc.returncode, out, err)
-    from sgnet_lightning.cli import main
+    from sgnet_lightning.cli import main  # the console script's entry; tests call it only here
 
     if capsys is not None:
         capsys.readouterr()  # only this command's output
@@ -208,5 +211,7 @@ def sgnet(*args, capsys=None, process: bool = False, timeout: int = 600,
         code = main([str(arg) for arg in args])
     except SystemExit as exit_:  # argparse exits on a usage error
         code = exit_.code
-    captured = capsys.readouterr() if capsys is not None else None
-    return Ran(code, captured.out if captured else "", captured.err if captured else "")
+    if capsys is None:
+        return Ran(code, "", "")
+    captured = capsys.readouterr()
+    return Ran(code, captured.out, captured.err)
