@@ -6,9 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from _tiny_bml import write_tiny_bml
-
-from sgnet_lightning.data.manifest import make_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -18,17 +15,10 @@ MODELS = {
 }
 
 
-def write_tiny_data(root: Path) -> dict[str, Path]:
-    """10 tiny cases (2 mm, a few thousand voxels) and their seed-way manifest (7 train, 1 val, 2 test)."""
-    data = write_tiny_bml(root / "data")
-    manifest = root / "bml.csv"
-    make_manifest("bml", data, manifest, split_rule={"name": "seed_way"}, seed=0, progress=False)
-    return {"root": data, "manifest": manifest, "cache": root / "cache"}
-
-
 def write_micro_benchmark(folder: Path, data: dict[str, Path], runs_root: Path, name: str = "micro",
                           max_epochs: int = 3, steps_per_epoch: int = 3) -> Path:
-    """Write ``folder/<name>.yaml`` (and its experiment base) running into ``runs_root/<name>``."""
+    """Write ``folder/<name>.yaml`` (and its experiment base) on the phantom set ``data`` (conftest's
+    ``tiny_bml``) running into ``runs_root/<name>``."""
     folder.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((REPO / "experiments" / "datasets" / "phantom_bml.yaml").read_text())
     base["defaults"] = [str(REPO / "experiments" / "base" / "trainer.yaml")]

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import yaml
 from _fake_benchmark import write_fake_benchmark
-from _tiny_bml import write_tiny_bml
 from conftest import tiny_config
 
 from sgnet_lightning import cli
@@ -27,26 +26,16 @@ from sgnet_lightning.experiment import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory) -> dict[str, Path]:
-    """10 tiny Brain-Mets-Lung cases (2 mm) and their seed-way manifest (7 train, 1 val, 2 test)."""
-    root = tmp_path_factory.mktemp("lock")
-    data = write_tiny_bml(root / "data")
-    manifest = root / "bml.csv"
-    make_manifest("bml", data, manifest, split_rule={"name": "seed_way"}, seed=0, progress=False)
-    return {"root": data, "manifest": manifest, "cache": root / "cache"}
-
-
-def _config(tiny_set, run_root: Path, **sections) -> dict:
-    return tiny_config(tiny_set, run_root, "sgnet", **{"data": {"spacing_mm": 3.0}, "trainer": {"max_epochs": 1},
+def _config(tiny_bml, run_root: Path, **sections) -> dict:
+    return tiny_config(tiny_bml, run_root, "sgnet", **{"data": {"spacing_mm": 3.0}, "trainer": {"max_epochs": 1},
                                                          **sections})
 
 
-def test_the_lock_ignores_locations_and_logging_but_not_what_changes_results(tiny_set, tmp_path):
-    config = _config(tiny_set, tmp_path / "runs")
+def test_the_lock_ignores_locations_and_logging_but_not_what_changes_results(tiny_bml, tmp_path):
+    config = _config(tiny_bml, tmp_path / "runs")
     locked = locked_config(config)
     elsewhere = copy.deepcopy(config)
-    elsewhere["data"].update(data_root=str(tiny_set["root"]), cache_root="/fast/local/cache", preprocess_workers=8)
+    elsewhere["data"].update(data_root=str(tiny_bml["root"]), cache_root="/fast/local/cache", preprocess_workers=8)
     elsewhere["run"].update(root="/scratch/runs", name="other", wandb={"enabled": True, "mode": "offline"})
     elsewhere["trainer"].update(log_every_n_steps=50, enable_progress_bar=True)
     assert config_hash(locked_config(elsewhere)) == config_hash(locked)
@@ -61,10 +50,10 @@ def test_the_lock_ignores_locations_and_logging_but_not_what_changes_results(tin
         "run.test_metrics.empty_penalty_mm: (unset) -> 373.13",
     ]
     # the same data split another way is another config
-    make_manifest("bml", tiny_set["root"], tmp_path / "kfold.csv", split_rule={"name": "kfold", "n_folds": 2,
+    make_manifest("bml", tiny_bml["root"], tmp_path / "kfold.csv", split_rule={"name": "kfold", "n_folds": 2,
                                                                                 "test_size": 2}, seed=0, progress=False)
     resplit = copy.deepcopy(config)
-    resplit["data"]["manifest"] = str(tiny_set["manifest"].with_name("bml.csv"))
+    resplit["data"]["manifest"] = str(tiny_bml["manifest"].with_name("bml.csv"))
     assert config_hash(locked_config(resplit)) == config_hash(locked)  # same file content, same hash
     resplit["data"]["manifest"] = str(tmp_path / "kfold.csv")
     assert [line.split(":")[0] for line in changed_keys(locked, locked_config(resplit))] == ["data.manifest",
@@ -113,8 +102,8 @@ def _bench_yaml(path: Path, experiment: Path, models: dict) -> Path:
 
 @pytest.mark.slow
 def test_changed_config_is_refused_redone_on_request_and_dropped_labels_are_not_gathered(
-        tiny_set, tmp_path, capsys, caplog):
-    base = _config(tiny_set, tmp_path / "runs")  # the data set's base: the models come from the benchmark
+        tiny_bml, tmp_path, capsys, caplog):
+    base = _config(tiny_bml, tmp_path / "runs")  # the data set's base: the models come from the benchmark
     for key in ("network", "network_options"):
         del base["model"][key]
     experiment = tmp_path / "experiment.yaml"
@@ -145,7 +134,7 @@ def test_changed_config_is_refused_redone_on_request_and_dropped_labels_are_not_
     assert {label: (bench_dir / label / "seed0" / "COMPLETE").stat().st_mtime_ns for label in models} == done
 
     # resuming a run folder from its last.ckpt with another gate threshold: refused before training
-    sgnet_config = _config(tiny_set, tmp_path / "runs", model={"network_options": {"gate_threshold": 0.3}})
+    sgnet_config = _config(tiny_bml, tmp_path / "runs", model={"network_options": {"gate_threshold": 0.3}})
     with pytest.raises(ConfigChangedError, match=r"model\.network_options\.gate_threshold: 0\.5 -> 0\.3"):
         train(sgnet_config, run_dir=bench_dir / "sgnet" / "seed0")
 

@@ -1,6 +1,6 @@
 """Every `sgnet` command turns bad input into one line on stderr and a non-zero exit, no traceback.
 
-Each case runs `sgnet_lightning.cli.main` in this process on inputs a user gets wrong (a missing
+Each case runs the `sgnet` console entry in this process on inputs a user gets wrong (a missing
 file, a misspelt option, a malformed table or YAML) and checks the exit code, that stderr holds
 exactly one line naming the problem, and that nothing printed a traceback.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from _nifti_helpers import make_bml_case
-from sgnet_lightning.cli import main
+from conftest import sgnet
 
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM_CONFIG = str(REPO / "experiments" / "phantom_bml" / "sgnet.yaml")
@@ -164,15 +164,6 @@ CASES = {
 }
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse exits on a usage error
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _assert_one_line_error(code, out, err, expected) -> None:
     lines = err.strip().splitlines()
     assert code not in (0, None), (code, out, err)
@@ -184,8 +175,8 @@ def _assert_one_line_error(code, out, err, expected) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_and_a_non_zero_exit(case, tmp_path, capsys):
     make_argv, expected = CASES[case]
-    code, out, err = _run(make_argv(tmp_path), capsys)
-    _assert_one_line_error(code, out, err, expected)
+    ran = sgnet(*make_argv(tmp_path), capsys=capsys)
+    _assert_one_line_error(ran.code, ran.out, ran.err, expected)
 
 
 def test_incomplete_manifest_is_refused_by_preprocess_in_one_line(tmp_path, capsys):
@@ -194,11 +185,9 @@ def test_incomplete_manifest_is_refused_by_preprocess_in_one_line(tmp_path, caps
         make_bml_case(root, f"C{i}", seed=i)
     (root / "C2" / "C2_t1ce_img.nii.gz").unlink()
     out = tmp_path / "m.csv"
-    code, printed, _ = _run(["data", "manifest", "--dataset", "bml", "--root", str(root), "--out", str(out),
-                             "--split", _written(tmp_path, "k.yaml", "name: kfold\nn_folds: 2\ntest_size: 1\n")],
-                            capsys)
-    assert code == 0 and "FATAL: subject C2" in printed and "missing modality t1ce" in printed
-    code, _, err = _run(["data", "preprocess", str(out), "--cache-root", str(tmp_path / "cache"), "--workers", "1"],
-                        capsys)
-    _assert_one_line_error(code, "", err, "subject C2")
-    assert "incomplete subject (missing modality t1ce" in err and "--exclude" in err
+    made = sgnet("data", "manifest", "--dataset", "bml", "--root", root, "--out", out,
+                 "--split", _written(tmp_path, "k.yaml", "name: kfold\nn_folds: 2\ntest_size: 1\n"), capsys=capsys)
+    assert made.code == 0 and "FATAL: subject C2" in made.out and "missing modality t1ce" in made.out
+    refused = sgnet("data", "preprocess", out, "--cache-root", tmp_path / "cache", "--workers", "1", capsys=capsys)
+    _assert_one_line_error(refused.code, "", refused.err, "subject C2")
+    assert "incomplete subject (missing modality t1ce" in refused.err and "--exclude" in refused.err

@@ -253,11 +253,17 @@ def test_absurd_voxel_size_is_refused(tmp_path):
 
 
 def _manifest(tmp_path: Path, n: int = 6):
+    """``n`` BML cases ``C0 ...`` (C1 without core, C2 without whole) and their manifest; returns both."""
     root = tmp_path / "données brutes"
     for i in range(n):
         make_bml_case(root, f"C{i}", core=i != 1, whole=i != 2, seed=i)
-    rule = {"name": "kfold", "n_folds": 2, "test_size": 1}
-    return make_manifest("bml", root, tmp_path / "bml.csv", rule, seed=0, progress=False), root
+    return _remake_manifest(tmp_path, root), root
+
+
+def _remake_manifest(tmp_path: Path, root: Path):
+    """The manifest of the cases under ``root`` (2 folds, 1 test subject), written afresh."""
+    return make_manifest("bml", root, tmp_path / "bml.csv", {"name": "kfold", "n_folds": 2, "test_size": 1}, seed=0,
+                         progress=False)
 
 
 def test_preprocess_manifest_writes_skips_and_keys(tmp_path):
@@ -283,18 +289,13 @@ def test_preprocess_manifest_writes_skips_and_keys(tmp_path):
 
     # a source file replaced and the manifest remade: only that subject is redone
     write_nifti(root / "C4" / "C4_flair_img.nii.gz", brain(seed=44))
-    manifest, _ = _manifest_again(tmp_path, root)
+    manifest = _remake_manifest(tmp_path, root)
     preprocess_manifest(manifest, tmp_path / "cache", settings, progress=False)
     changed = {s for s in manifest.subjects if (folder / s / cache.META_FILE).stat().st_mtime_ns != stamps[s]}
     assert changed == {"C4"}
 
     other = preprocess_manifest(manifest, tmp_path / "cache", PreprocessSettings(crop_margin_vox=3), progress=False)
     assert other != folder and other.parent == folder.parent and cache.is_complete(other / "C0")
-
-
-def _manifest_again(tmp_path, root):
-    rule = {"name": "kfold", "n_folds": 2, "test_size": 1}
-    return make_manifest("bml", root, tmp_path / "bml.csv", rule, seed=0, progress=False), root
 
 
 def test_preprocess_manifest_reports_every_failed_subject_and_keeps_the_others(tmp_path):

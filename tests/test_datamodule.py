@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import write_phantom_set
 
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.datamodule import SegmentationDataModule, augment_on_device, masks_from_label_map
 from sgnet_lightning.data.io import load_nifti, resample_to_grid
 from sgnet_lightning.data.labels import get_task
-from sgnet_lightning.data.manifest import Manifest, make_manifest
-from sgnet_lightning.data.synth import synthesize_dataset
+from sgnet_lightning.data.manifest import Manifest
 from sgnet_lightning.data.validate import check_manifest
 
 PATCH = (16, 16, 16)
@@ -22,11 +22,10 @@ SPLITS = {"bml": {"name": "seed_way"}, "brats2021": {"name": "kfold", "n_folds":
 @pytest.fixture(scope="module", params=["bml", "brats2021", "brats2023"])
 def datamodule(request, tmp_path_factory):
     kind = request.param
-    root = tmp_path_factory.mktemp(kind)
-    synthesize_dataset(kind, 12 if kind == "bml" else 6, root / "data", seed=1, size=40, progress=False)
-    manifest = make_manifest(kind, root / "data", root / "m.csv", split_rule=SPLITS[kind], seed=0, progress=False)
-    assert check_manifest(manifest, progress=False).ok
-    dm = SegmentationDataModule(str(root / "m.csv"), cache_root=str(root / "cache"), spacing_mm=5.0,
+    phantom = write_phantom_set(tmp_path_factory.mktemp(kind), 12 if kind == "bml" else 6, dataset=kind, seed=1,
+                                split=SPLITS[kind])
+    assert check_manifest(Manifest.load(phantom["manifest"]), progress=False).ok
+    dm = SegmentationDataModule(str(phantom["manifest"]), cache_root=str(phantom["cache"]), spacing_mm=5.0,
                                 patch_size=PATCH, batch_size=4, samples_per_volume=4, queue_length=16,
                                 num_workers=0, steps_per_epoch=50, positive_fraction=0.5)
     dm.prepare_data()
@@ -110,20 +109,18 @@ def test_augmentation_flips_and_rotations_keep_image_and_label_aligned():
 def test_a_manifest_failing_its_check_is_refused_unless_the_subject_is_excluded(tmp_path):
     import nibabel as nib
 
-    synthesize_dataset("bml", 12, tmp_path / "data", seed=2, size=32, progress=False)
-    make_manifest("bml", tmp_path / "data", tmp_path / "m.csv", split_rule={"name": "seed_way"}, seed=0,
-                  progress=False)
-    bad = Manifest.load(tmp_path / "m.csv").record("BML-0003").images["flair"]
+    phantom = write_phantom_set(tmp_path, 12, generator="tiny")
+    bad = Manifest.load(phantom["manifest"]).record("BML-0003").images["flair"]
     img = nib.load(bad)
     data = np.asarray(img.dataobj).astype(np.float32)
     data[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine), bad)
     from sgnet_lightning.errors import SgnetError
 
-    kwargs = dict(cache_root=str(tmp_path / "cache"), spacing_mm=6.0, patch_size=PATCH, num_workers=0)
+    kwargs = dict(cache_root=str(phantom["cache"]), spacing_mm=6.0, patch_size=PATCH, num_workers=0)
     with pytest.raises(SgnetError, match="BML-0003"):
-        SegmentationDataModule(str(tmp_path / "m.csv"), **kwargs).prepare_data()
-    dm = SegmentationDataModule(str(tmp_path / "m.csv"), exclude=["BML-0003"], **kwargs)
+        SegmentationDataModule(str(phantom["manifest"]), **kwargs).prepare_data()
+    dm = SegmentationDataModule(str(phantom["manifest"]), exclude=["BML-0003"], **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     assert "BML-0003" not in sum(dm.splits.values(), [])

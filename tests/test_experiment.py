@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import sgnet
 
 from sgnet_lightning.benchmark import load_benchmark
 from sgnet_lightning.config import ConfigError, load_config
@@ -210,10 +208,8 @@ def test_fit_with_ddp_on_two_cpu_processes(make_config, tmp_path):
     config_file = tmp_path / "ddp.yaml"
     config_file.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "ddp_run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sgnet_lightning.cli", "fit", "--config", str(config_file),
-                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    fitted = sgnet("fit", "--config", config_file, "--run-dir", run_dir, process=True)
+    assert fitted.code == 0, fitted.err[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     logged = pd.read_csv(run_dir / "logs" / "metrics.csv")
     assert "val/dice" in logged.columns

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
+from sgnet_lightning.config import load_config
 from sgnet_lightning.models import NetworkOutput, create_model, list_models
-from sgnet_lightning.models.registry import model_options
+from sgnet_lightning.models.registry import model_options, register_model
 from sgnet_lightning.models.sgnet import INITIAL_OPEN_PROBABILITY, SpatialGate
 
 # small enough for a 2-core CPU, divisible by 16 (MONAI U-Nets) and 8 (the others)
@@ -265,7 +269,50 @@ def test_create_model_errors_and_none_options():
     assert net.gate_mode == "hard" and net.gates[0].threshold == 0.5
 
 
-def test_list_models_is_sorted_and_complete():
-    names = list_models()
-    assert names == sorted(names)
-    assert {"unet", "attention_unet", "resunet", "segresnet", "sgnet", "segguidednet"} <= set(names)
+def _readme_architectures() -> list[dict]:
+    """Rows of README's Architectures table: ``name``, ``gate_modes`` (the row's, else []),
+    parameter counts ``p2_1`` (2 in / 1 out) and ``p4_3`` (4 in / 3 out)."""
+    section = (REPO / "README.md").read_text().split("## Architectures", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"\| `(\w+)`(?: \(([^)]*)\))? \|[^|]*\| ([\d,]+)[^|]*\| ([\d,]+) \|")
+    return [{"name": m[1], "gate_modes": re.findall(r"`(?:gate_mode: )?(\w+)`", m[2] or ""),
+             "p2_1": int(m[3].replace(",", "")), "p4_3": int(m[4].replace(",", ""))}
+            for m in map(row.match, section.splitlines()) if m]
+
+
+def test_readme_lists_every_registered_model_with_its_measured_parameter_counts():
+    rows = _readme_architectures()
+    assert sorted({row["name"] for row in rows}) == list_models()
+    for row in rows:
+        for gate_mode in row["gate_modes"] or [None]:
+            for (in_channels, out_channels), expected in (((2, 1), row["p2_1"]), ((4, 3), row["p4_3"])):
+                options = {**setup_options(row["name"], in_channels), "gate_mode": gate_mode}
+                net = create_model(row["name"], in_channels, out_channels, **options)
+                assert n_params(net) == expected, (row["name"], gate_mode, in_channels, out_channels)
+
+
+def test_every_registered_model_has_its_config_fragment():
+    fragments = {path.stem: load_config(path)["model"]["network"]
+                 for path in (REPO / "experiments" / "models").glob("*.yaml")}
+    assert sorted(fragments) == list_models()
+    assert all(stem == network for stem, network in fragments.items()), fragments
+
+
+def test_the_registry_refuses_a_taken_name_and_factories_it_could_not_check():
+    known = list_models()
+
+    def unet(in_channels, out_channels):
+        return nn.Identity()
+
+    def hidden_options(in_channels, out_channels, **options):
+        return nn.Identity()
+
+    def channels_last(out_channels, in_channels):
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="'unet' is already registered"):
+        register_model(unet)
+    with pytest.raises(ValueError, match="must list its options explicitly"):
+        register_model(hidden_options)
+    with pytest.raises(ValueError, match=r"must take \(in_channels, out_channels, \.\.\.\) first"):
+        register_model(channels_last)
+    assert list_models() == known and create_model("unet", 2, 1).__class__.__name__ != "Identity"

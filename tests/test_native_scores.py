@@ -4,21 +4,17 @@ through the same region consolidation as test."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from _tiny_bml import write_tiny_bml
-from conftest import tiny_config
+from conftest import tiny_config, write_phantom_set
 
 from sgnet_lightning import cli
 from sgnet_lightning.data import cache
 from sgnet_lightning.data.labels import get_task, label_map_to_masks, regions_to_label_map
-from sgnet_lightning.data.manifest import make_manifest
 from sgnet_lightning.evaluation.evaluate import evaluate_case
 from sgnet_lightning.evaluation.metrics import consolidate_regions, dice_per_channel
 from sgnet_lightning.experiment import train
@@ -33,10 +29,9 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_sgnet_test_rows_equal_sgnet_evaluate_of_its_nifti_on_an_oblique_anisotropic_set(tmp_path):
-    data = write_tiny_bml(tmp_path / "data", oblique=True)
-    manifest = tmp_path / "bml.csv"
-    make_manifest("bml", data, manifest, split_rule={"name": "seed_way"}, seed=0, progress=False)
-    config = tiny_config({"manifest": manifest, "cache": tmp_path / "cache"}, tmp_path / "runs", "sgnet",
+    phantom = write_phantom_set(tmp_path, 10, generator="tiny", oblique=True)
+    data = phantom["root"]
+    config = tiny_config(phantom, tmp_path / "runs", "sgnet",
                          data={"spacing_mm": 3.0}, trainer={"max_epochs": 1},
                          model={"threshold": 0.3})  # an untrained net: a lower threshold predicts some tumour
     run_dir = tmp_path / "run"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,17 +11,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import sgnet, start_sgnet, write_phantom_set
 
 from sgnet_lightning.errors import SgnetError
 from sgnet_lightning.experiment import _explain_out_of_memory, check_writable, train
-
-SGNET = [sys.executable, "-m", "sgnet_lightning.cli"]
-
-
-def sgnet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SGNET, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
 
 def kill_when(proc: subprocess.Popen, ready, after_s: float, timeout_s: float = 300) -> None:
     """SIGKILL ``proc`` ``after_s`` seconds after ``ready()`` first holds."""
@@ -46,15 +37,14 @@ def test_fit_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(make_co
     config_file = tmp_path / "fit.yaml"
     config_file.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([*SGNET, "fit", "--config", config_file, "--run-dir", run_dir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_sgnet("fit", "--config", config_file, "--run-dir", run_dir, stdout=subprocess.DEVNULL)
     kill_when(proc, lambda: (run_dir / "checkpoints" / "last.ckpt").is_file(), after_s=0.7)
     assert proc.returncode == -signal.SIGKILL
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] < 2, "the kill came too late to interrupt the run"
 
-    resumed = sgnet("fit", "--config", config_file, "--run-dir", run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = sgnet("fit", "--config", config_file, "--run-dir", run_dir, process=True)
+    assert resumed.code == 0, resumed.err[-3000:]
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     expected = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt", map_location="cpu",
                           weights_only=False)
@@ -89,8 +79,7 @@ def _benchmark_file(tmp_path: Path, make_config) -> Path:
 def test_benchmark_killed_midway_reruns_only_what_is_missing(make_config, tmp_path):
     bench = _benchmark_file(tmp_path, make_config)
     bench_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen([*SGNET, "benchmark", "--config", bench], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_sgnet("benchmark", "--config", bench, stdout=subprocess.DEVNULL)
     kill_when(proc, lambda: (bench_dir / "sgnet" / "seed0" / "COMPLETE").is_file(), after_s=0.0)
     first_done = (bench_dir / "sgnet" / "seed0" / "COMPLETE").stat().st_mtime_ns
     assert not (bench_dir / "sgnet_soft" / "seed0" / "COMPLETE").exists(), "killed too late"
@@ -100,8 +89,8 @@ def test_benchmark_killed_midway_reruns_only_what_is_missing(make_config, tmp_pa
     half.mkdir(parents=True, exist_ok=True)
     (half / "results.csv").write_text("subject,region,metric,value,convention\nX,WT,dice,")
 
-    rerun = sgnet("benchmark", "--config", bench)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun = sgnet("benchmark", "--config", bench, process=True)
+    assert rerun.code == 0, rerun.err[-3000:]
     assert (bench_dir / "sgnet" / "seed0" / "COMPLETE").stat().st_mtime_ns == first_done, "a done run was redone"
     results = pd.read_csv(bench_dir / "results.csv")
     assert set(results["model"]) == {"sgnet", "sgnet_nogate", "sgnet_soft"}
@@ -136,28 +125,23 @@ def test_out_of_gpu_memory_names_the_settings_to_lower():
     ],
 )
 def test_commands_fail_with_one_line_and_no_traceback(args, message):
-    result = sgnet(*args)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr
+    result = sgnet(*args, process=True)
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert message in result.err
 
 
-def test_check_and_evaluate_name_the_bad_file(phantom_bml, tmp_path):
-    import shutil
-
+def test_check_and_evaluate_name_the_bad_file(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    data = tmp_path / "data"
-    shutil.copytree(phantom_bml["root"], data)
-    from sgnet_lightning.data.manifest import make_manifest
-
-    make_manifest("bml", data, tmp_path / "m.csv", split_rule={"name": "seed_way"}, seed=0, progress=False)
+    phantom = write_phantom_set(tmp_path, 12, generator="tiny")
+    data = phantom["root"]
     broken = data / "BML-0002" / "BML-0002_flair_img.nii.gz"
     broken.write_bytes(broken.read_bytes()[:200])  # truncated
-    result = sgnet("data", "check", tmp_path / "m.csv")
-    assert result.returncode == 2
-    assert "BML-0002" in result.stdout and "BML-0002_flair_img.nii.gz" in result.stdout
+    result = sgnet("data", "check", phantom["manifest"], process=True)
+    assert result.code == 2
+    assert "BML-0002" in result.out and "BML-0002_flair_img.nii.gz" in result.out
 
     # evaluate: predictions that do not match the references are listed, not silently dropped
     pred = tmp_path / "pred"
@@ -165,6 +149,7 @@ def test_check_and_evaluate_name_the_bad_file(phantom_bml, tmp_path):
     ref = nib.load(data / "BML-0001" / "BML-0001_t1ce_img.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros(ref.shape, np.uint8), ref.affine), pred / "BML-0001.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros(ref.shape, np.uint8), ref.affine), pred / "NOT-A-SUBJECT.nii.gz")
-    result = sgnet("evaluate", "--pred", pred, "--ref", data, "--dataset", "bml", "--out", tmp_path / "e.csv")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "BML-0003" in result.stderr  # a missing prediction is named
+    result = sgnet("evaluate", "--pred", pred, "--ref", data, "--dataset", "bml", "--out", tmp_path / "e.csv",
+                   process=True)
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "BML-0003" in result.err  # a missing prediction is named

@@ -22,7 +22,6 @@ import pytest
 import torch
 from _micro_benchmark import write_micro_benchmark
 from test_sweep import TINY_GATE, check_two_worker_study, space_variant, sweep_run_args
-from test_sweep import phantom  # noqa: F401,F811  (a pytest fixture, used by name)
 
 from sgnet_lightning import cli
 from sgnet_lightning.benchmark import load_benchmark
@@ -106,12 +105,12 @@ def test_slurm_array_with_a_requeued_task_equals_the_sequential_benchmark(micro_
 @pytest.mark.postgres
 @pytest.mark.skipif(not POSTGRES_URL, reason="SGNET_TEST_POSTGRES_URL is not set: no PostgreSQL server for the "
                                              "study (.ci/run starts one)")
-def test_two_sweep_workers_through_slurm_share_one_postgresql_study(phantom, tmp_path, capsys):  # noqa: F811
+def test_two_sweep_workers_through_slurm_share_one_postgresql_study(sweep_phantom, tmp_path, capsys):
     study_name = f"slurm_{uuid.uuid4().hex[:10]}"  # the database outlives the test: a fresh study each run
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"}, sampler={"name": "random"})
     runs = tmp_path / "runs"
     try:
-        assert cli.main([*sweep_run_args(space, study_name, POSTGRES_URL, runs, 4, *phantom.sets), *CPU_TASKS,
+        assert cli.main([*sweep_run_args(space, study_name, POSTGRES_URL, runs, 4, *sweep_phantom.sets), *CPU_TASKS,
                          "--workers", "2", "--wait"]) == 0
         study = optuna.load_study(study_name=study_name, storage=open_storage(POSTGRES_URL))
         check_two_worker_study(study, 4, runs)  # the target reached, no trial run twice, none left running

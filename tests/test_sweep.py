@@ -4,18 +4,16 @@ workers on one journal file, and a killed worker's trial retried through the hea
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import start_sgnet
 
 from sgnet_lightning import cli
 from sgnet_lightning.config import load_config
@@ -34,48 +32,7 @@ COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialSt
                           optuna.trial.TrialState.FAIL)
 
 
-# -- helpers shared with test_sweep_postgres.py -----------------------------------------------------
-@dataclass(frozen=True)
-class Phantom:
-    """A phantom data set with a built cache: 4 training, 2 validation and 2 test subjects."""
-
-    manifest: Path
-    cache_root: Path
-    val_subjects: list[str]
-    test_subjects: list[str]
-
-    @property
-    def sets(self) -> list[str]:
-        """``--set`` arguments that point a tiny space at this data set."""
-        return ["--set", f"data.manifest={self.manifest}", "--set", f"data.cache_root={self.cache_root}"]
-
-
-def build_phantom(root: Path) -> Phantom:
-    """Synthesise 8 subjects (40 voxels, ~6 mm), split them 3-fold with 2 held-out test subjects, and
-    build the 6 mm cache (and the data check's verdict) once, so sweeps only read the cache."""
-    from sgnet_lightning.data.datamodule import SegmentationDataModule
-    from sgnet_lightning.data.manifest import make_manifest
-    from sgnet_lightning.data.synth import synthesize_dataset
-
-    manifest_path = root / "phantom_bml.csv"
-    if not (root / "READY").is_file():
-        synthesize_dataset("bml", 8, root / "data", seed=0, size=40, progress=False)
-        make_manifest("bml", root / "data", manifest_path, split_rule={"name": "kfold", "n_folds": 3, "test_size": 2},
-                      seed=0, progress=False)
-        SegmentationDataModule(str(manifest_path), cache_root=str(root / "cache"), task="whole",
-                               spacing_mm=6.0).prepare_data()
-        (root / "READY").write_text("ok")
-    from sgnet_lightning.data.manifest import Manifest
-
-    splits = Manifest.load(manifest_path).split_subjects(0)
-    return Phantom(manifest_path, root / "cache", splits["val"], splits["test"])
-
-
-@pytest.fixture(scope="session")
-def phantom(tmp_path_factory) -> Phantom:
-    return build_phantom(tmp_path_factory.getbasetemp() / "sweep_phantom")
-
-
+# -- helpers shared with test_sweep_postgres.py and test_slurm.py ----------------------------------------
 def space_variant(source: Path, folder: Path, **changes) -> Path:
     """A copy of a shipped space with top-level keys replaced, its experiment path made absolute."""
     raw = yaml.safe_load(source.read_text())
@@ -93,10 +50,9 @@ def sweep_run_args(space: Path, study: str, storage: str, runs_root: Path, n_tri
 
 def start_worker(args: list[str], log_path: Path) -> subprocess.Popen:
     """``sgnet <args>`` in its own process, output to ``log_path``."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "sgnet_lightning.cli", *args], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return start_sgnet(*args, stdout=log, stderr=subprocess.STDOUT,
+                           env={"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"})
 
 
 def check_two_worker_study(study: optuna.Study, target: int, runs_root: Path) -> None:
@@ -351,29 +307,9 @@ def test_worker_stops_after_repeated_failures(tmp_path, monkeypatch):
 
 
 # -- tiny studies on the phantom --------------------------------------------------------------------------
-_OPENED: list[str] | None = None  # files opened while a sweep runs; None: not recording
-
-
-def _record_open(event: str, args: tuple) -> None:
-    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes, os.PathLike)):
-        _OPENED.append(os.fsdecode(args[0]))
-
-
-@pytest.fixture
-def opened_files(monkeypatch):
-    """Every file the process opens during the test (a Python audit hook, installed once)."""
-    global _OPENED
-    if not getattr(sys, "_sgnet_sweep_audit", False):
-        sys.addaudithook(_record_open)
-        sys._sgnet_sweep_audit = True
-    _OPENED = []
-    yield _OPENED
-    _OPENED = None
-
-
 @pytest.mark.slow
 def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_report(
-        phantom, tmp_path, monkeypatch, opened_files):
+        sweep_phantom, tmp_path, monkeypatch, opened_files):
     from sgnet_lightning.data.datamodule import SegmentationDataModule
 
     def no_test_loader(self):
@@ -383,11 +319,11 @@ def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_
     space = space_variant(TINY_GATE, tmp_path, pruner={"name": "none"})
     storage, runs = str(tmp_path / "runs" / "gate.journal"), tmp_path / "runs"
 
-    assert cli.main(sweep_run_args(space, "gate", storage, runs, 1, *phantom.sets)) == 0
-    assert cli.main(sweep_run_args(space, "gate", storage, runs, 1, *phantom.sets)) == 0  # target reached: no-op
+    assert cli.main(sweep_run_args(space, "gate", storage, runs, 1, *sweep_phantom.sets)) == 0
+    assert cli.main(sweep_run_args(space, "gate", storage, runs, 1, *sweep_phantom.sets)) == 0  # target reached: no-op
     study = optuna.load_study(study_name="gate", storage=open_storage(storage))
     assert len(study.trials) == 1
-    assert cli.main(sweep_run_args(space, "gate", storage, runs, 2, *phantom.sets)) == 0  # continue to 2
+    assert cli.main(sweep_run_args(space, "gate", storage, runs, 2, *sweep_phantom.sets)) == 0  # continue to 2
     study = optuna.load_study(study_name="gate", storage=open_storage(storage))
     assert [(t.number, t.state) for t in study.trials] == [(0, COMPLETE), (1, COMPLETE)]
     assert study.trials[0].params != study.trials[1].params  # the resumed sampler did not redraw trial 0
@@ -399,7 +335,7 @@ def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_
         for seed, score in zip((0, 1), per_seed):
             run_dir = runs / "gate" / f"trial{trial.number}" / f"seed{seed}"
             rows = pd.read_csv(run_dir / "validation_results.csv")
-            assert sorted(rows["subject"].unique()) == sorted(phantom.val_subjects)
+            assert sorted(rows["subject"].unique()) == sorted(sweep_phantom.val_subjects)
             dice = rows[rows["metric"] == "dice"]
             assert dice["value"].mean() == pytest.approx(score)
             resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -408,8 +344,8 @@ def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_
 
     # the test split: its loader never built (patched above), its cached volumes never opened
     cache_reads = [p for p in opened_files if p.endswith((".npy",))]
-    assert any(f"/{s}/" in p for p in cache_reads for s in phantom.val_subjects)  # the audit sees cache reads
-    assert not [p for p in cache_reads for s in phantom.test_subjects if f"/{s}/" in p]
+    assert any(f"/{s}/" in p for p in cache_reads for s in sweep_phantom.val_subjects)  # the audit sees cache reads
+    assert not [p for p in cache_reads for s in sweep_phantom.test_subjects if f"/{s}/" in p]
 
     out = tmp_path / "experiments" / "tuned" / "gate.yaml"
     assert cli.main(["sweep", "best", "--study", "gate", "--storage", storage, "--out", str(out)]) == 0
@@ -428,11 +364,11 @@ def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_
 
 
 @pytest.mark.slow
-def test_pruned_trial_stops_in_its_first_seed(phantom, tmp_path):
+def test_pruned_trial_stops_in_its_first_seed(sweep_phantom, tmp_path):
     # a threshold pruner prunes any validation Dice below 2, i.e. at the first report
     space = space_variant(TINY_GATE, tmp_path, pruner={"name": "threshold", "lower": 2.0})
     storage, runs = str(tmp_path / "p.journal"), tmp_path / "runs"
-    assert cli.main(sweep_run_args(space, "pruned", storage, runs, 1, *phantom.sets)) == 0
+    assert cli.main(sweep_run_args(space, "pruned", storage, runs, 1, *sweep_phantom.sets)) == 0
     (trial,) = optuna.load_study(study_name="pruned", storage=open_storage(storage)).trials
     assert trial.state == PRUNED
     assert list(trial.intermediate_values) == [0] and 0 <= trial.intermediate_values[0] <= 1
@@ -442,7 +378,7 @@ def test_pruned_trial_stops_in_its_first_seed(phantom, tmp_path):
 
 
 @pytest.mark.slow
-def test_crashing_trial_is_recorded_failed_and_the_next_logs_to_wandb_offline(phantom, tmp_path, monkeypatch):
+def test_crashing_trial_is_recorded_failed_and_the_next_logs_to_wandb_offline(sweep_phantom, tmp_path, monkeypatch):
     import wandb
 
     from sgnet_lightning import experiment, tracking
@@ -471,7 +407,7 @@ def test_crashing_trial_is_recorded_failed_and_the_next_logs_to_wandb_offline(ph
         monkeypatch.setenv(name, value)
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"})
     storage, runs = str(tmp_path / "c.journal"), tmp_path / "runs"
-    args = sweep_run_args(space, "crash", storage, runs, 1, *phantom.sets, "--set", "run.wandb.enabled=true",
+    args = sweep_run_args(space, "crash", storage, runs, 1, *sweep_phantom.sets, "--set", "run.wandb.enabled=true",
                           "--set", "run.wandb.mode=offline")
     assert cli.main(args) == 0
     trials = optuna.load_study(study_name="crash", storage=open_storage(storage)).trials
@@ -482,10 +418,10 @@ def test_crashing_trial_is_recorded_failed_and_the_next_logs_to_wandb_offline(ph
 
 
 @pytest.mark.slow
-def test_two_objectives_give_a_pareto_front_best_and_report(phantom, tmp_path):
+def test_two_objectives_give_a_pareto_front_best_and_report(sweep_phantom, tmp_path):
     storage, runs = str(tmp_path / "mo.journal"), tmp_path / "runs"
     space = space_variant(TINY_PARETO, tmp_path)
-    assert cli.main(sweep_run_args(space, "pareto", storage, runs, 2, *phantom.sets)) == 0
+    assert cli.main(sweep_run_args(space, "pareto", storage, runs, 2, *sweep_phantom.sets)) == 0
     study = optuna.load_study(study_name="pareto", storage=open_storage(storage))
     assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
     for trial in study.trials:
@@ -503,11 +439,11 @@ def test_two_objectives_give_a_pareto_front_best_and_report(phantom, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_journal_study(phantom, tmp_path):
+def test_two_workers_share_one_journal_study(sweep_phantom, tmp_path):
     # unseeded: two workers starting together with one sampler seed would draw the same points
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"}, sampler={"name": "random"})
     storage, runs = str(tmp_path / "runs" / "shared.journal"), tmp_path / "runs"
-    args = sweep_run_args(space, "shared", storage, runs, 4, *phantom.sets)
+    args = sweep_run_args(space, "shared", storage, runs, 4, *sweep_phantom.sets)
     workers = [start_worker(args, tmp_path / f"worker{i}.log") for i in range(2)]
     codes = [w.wait(timeout=400) for w in workers]
     assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
@@ -516,14 +452,14 @@ def test_two_workers_share_one_journal_study(phantom, tmp_path):
 
 @pytest.mark.slow
 def test_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint(
-        phantom, tmp_path, caplog):
+        sweep_phantom, tmp_path, caplog):
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"})
     storage, runs = f"sqlite:///{tmp_path / 'hb.db'}", tmp_path / "runs"
     heartbeat = ["--heartbeat-interval", "1", "--grace-period", "3"]
     # Both workers run the same budget (the study's space lock refuses another one). Worker A is killed
     # once its first of four epochs is checkpointed, three epochs before it could finish.
     budget = ["--set", "trainer.max_epochs=4", "--set", "data.steps_per_epoch=12"]
-    worker = start_worker(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat, *budget),
+    worker = start_worker(sweep_run_args(space, "hb", storage, runs, 1, *sweep_phantom.sets, *heartbeat, *budget),
                           tmp_path / "killed.log")
     last = runs / "hb" / "trial0" / "seed0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
@@ -535,7 +471,7 @@ def test_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_checkp
     time.sleep(4)  # > grace period since the last heartbeat
 
     caplog.set_level("INFO", logger="sgnet_lightning.experiment")
-    assert cli.main(sweep_run_args(space, "hb", storage, runs, 1, *phantom.sets, *heartbeat, *budget)) == 0
+    assert cli.main(sweep_run_args(space, "hb", storage, runs, 1, *sweep_phantom.sets, *heartbeat, *budget)) == 0
     trials = optuna.load_study(study_name="hb", storage=open_storage(storage)).trials
     assert [t.state for t in trials] == [FAIL, COMPLETE]
     killed, retry = trials

@@ -16,7 +16,6 @@ from sgnet_lightning import cli
 from sgnet_lightning.config import load_config
 from sgnet_lightning.sweeps import open_storage
 from test_sweep import GATE, TINY_GATE, check_two_worker_study, space_variant, start_worker, sweep_run_args
-from test_sweep import phantom  # noqa: F401,F811  (a pytest fixture, used by name)
 
 URL = os.environ.get("SGNET_TEST_POSTGRES_URL")
 
@@ -28,11 +27,11 @@ pytestmark = [
 ]
 
 
-def test_two_workers_share_one_postgresql_study_and_best_reads_it(phantom, tmp_path):  # noqa: F811
+def test_two_workers_share_one_postgresql_study_and_best_reads_it(sweep_phantom, tmp_path):
     study_name = f"test_{uuid.uuid4().hex[:10]}"  # the database outlives the test: a fresh study each run
     space = space_variant(TINY_GATE, tmp_path, seeds=[0], pruner={"name": "none"}, sampler={"name": "random"})
     runs = tmp_path / "runs"
-    args = sweep_run_args(space, study_name, URL, runs, 4, *phantom.sets)
+    args = sweep_run_args(space, study_name, URL, runs, 4, *sweep_phantom.sets)
     try:
         workers = [start_worker(args, tmp_path / f"worker{i}.log") for i in range(2)]
         codes = [w.wait(timeout=400) for w in workers]
