@@ -218,10 +218,10 @@ def run_gate_scan(config: dict[str, Any], run_dir: str | Path | None = None, ckp
     from sgnet_lightning.config import get_dotted
     from sgnet_lightning.data.labels import get_task
     from sgnet_lightning.data.manifest import Manifest
-    from sgnet_lightning.experiment import checkpoint_path, run_dir_for
+    from sgnet_lightning.runs import find_checkpoint, run_dir_for
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    checkpoint = checkpoint_path(run_dir, ckpt)
+    checkpoint = find_checkpoint(run_dir, ckpt)
     if checkpoint is None:
         raise SgnetError("sgnet gate-scan needs a checkpoint (--ckpt best, last or a path)")
     manifest = Manifest.load(get_dotted(config, "data.manifest"), root=get_dotted(config, "data.data_root"))

@@ -91,10 +91,10 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
     from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images
     from sgnet_lightning.data.sources import get_source
     from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
+    from sgnet_lightning.runs import run_dir_of_checkpoint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # the run folder of <run>/checkpoints/<name>.ckpt, where gate-scan stores the operating point
-    threshold, source = resolve_gate_threshold(gate_threshold, Path(ckpt).resolve().parent.parent, ckpt)
+    threshold, source = resolve_gate_threshold(gate_threshold, run_dir_of_checkpoint(ckpt), ckpt)
     module, data = load_trained(ckpt, device)
     if threshold is not None:
         hard_gated_network(module, f"sgnet predict --gate-threshold {gate_threshold}").gate_threshold = threshold
