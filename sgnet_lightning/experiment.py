@@ -27,11 +27,12 @@ import torch
 import yaml
 
 from sgnet_lightning import runs, tracking
-from sgnet_lightning.config import get_dotted
+from sgnet_lightning.config import get_dotted, set_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, lock_differences, locked_config, write_lock
 from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import SgnetError
 from sgnet_lightning.runs import run_dir_for
+from sgnet_lightning.writers import EvaluationWriter
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,8 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
 
     Each prediction is put back on its subject's original grid and scored there against the
     original reference file, by the code ``sgnet evaluate`` runs (see ``SegmentationModule.test_step``):
-    ``sgnet evaluate`` on ``predictions_nifti/`` gives the same rows.
+    ``sgnet evaluate`` on ``predictions_nifti/`` gives the same rows. The module computes; an
+    :class:`~sgnet_lightning.writers.EvaluationWriter` writes the rows and predictions.
 
     Args:
         ckpt: ``"best"``, ``"last"`` or a checkpoint path.
@@ -228,58 +230,63 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
             default the config's ``run.test_nifti`` (False).
         gate_threshold: hard gates' threshold at test: None (as trained), a number, or
             ``"validated"``: the operating point chosen on validation by ``sgnet gate-scan --store``
-            (:func:`~sgnet_lightning.gate_scan.resolve_gate_threshold`). ``run.json`` records the
+            (:func:`~sgnet_lightning.operating_point.resolve_gate_threshold`). ``run.json`` records the
             threshold used (``test_gate_threshold``, ``test_gate_threshold_source``).
         callbacks: extra Lightning callbacks (a launched run's, :mod:`sgnet_lightning.launch.tasks`).
     """
-    from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
+    from sgnet_lightning.operating_point import hard_gated_network, resolve_gate_threshold
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     ckpt_path = runs.find_checkpoint(run_dir, ckpt)
     threshold, source = resolve_gate_threshold(gate_threshold, run_dir, ckpt_path)
     if save_nifti is None:
         save_nifti = bool(get_dotted(config, "run.test_nifti", False))
-    test_config = copy.deepcopy(config)
-    test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
-    module, datamodule, trainer = build(test_config, run_dir, callbacks, overrides=overrides, stage="test")
+    test_config = _scoring_config(config, "test", maps=save_predictions)
+    writer = EvaluationWriter(results_file=run_dir / runs.RESULTS_FILE,
+                              prediction_dir=run_dir / runs.PREDICTIONS_DIR if save_predictions else None,
+                              nifti_dir=run_dir / runs.NIFTI_DIR if save_nifti else None)
+    module, datamodule, trainer = build(test_config, run_dir, [*callbacks, writer], overrides=overrides, stage="test")
     if threshold is not None:  # an attribute, not a weight: loading the checkpoint keeps it
         hard_gated_network(module, f"sgnet test --gate-threshold {gate_threshold}").gate_threshold = threshold
     used = getattr(module.net, "gate_threshold", None) if getattr(module.net, "gate_mode", None) == "hard" else None
-    module.prediction_dir = run_dir / runs.PREDICTIONS_DIR if save_predictions else None
-    module.nifti_dir = run_dir / runs.NIFTI_DIR if save_nifti else None
-    module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
     with _explain_out_of_memory():
         trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, verbose=False)
-    results = pd.DataFrame(module.test_rows)
-    buffer = io.StringIO()
-    results.to_csv(buffer, index=False)
-    atomic_write_text(run_dir / runs.RESULTS_FILE, buffer.getvalue())
     seconds = module.test_inference_seconds
     runs.update_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
-                    tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds),
-                    test_gate_threshold=used, test_gate_threshold_source=source if used is not None else None)
-    return results
+                         tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds),
+                         test_gate_threshold=used, test_gate_threshold_source=source if used is not None else None)
+    return pd.DataFrame(module.test_rows)
 
 
-def validation_scorer(config: dict[str, Any], run_dir: str | Path, metric_options: dict[str, Any] | None = None):
+def validation_scorer(config: dict[str, Any], run_dir: str | Path, metric_options: dict[str, Any] | None = None,
+                      callbacks: Sequence = ()):
     """``(module, datamodule, trainer)`` whose ``trainer.test(module, datamodule=datamodule,
     ckpt_path=...)`` scores the **validation** split subject by subject, by the code of ``sgnet test``
-    (``module.test_rows``): the test loader is replaced by the validation loader, so the test split
-    is never built and no test subject is opened. Used by the sweeps and ``sgnet gate-scan``; its
-    log goes to ``logs/validate/``, beside the training log.
+    (rows in ``module.test_rows``): the DataModule's ``test_split`` is ``"val"``, so the test split's
+    loader is never built and no test subject is opened. Used by the sweeps and ``sgnet gate-scan``;
+    its log goes to ``logs/validate/``, beside the training log.
 
     Args:
         metric_options: keyword options of ``evaluate_case`` (``distances``, ``lesions``, ...), on top
             of the config's ``run.test_metrics``.
+        callbacks: e.g. an :class:`~sgnet_lightning.writers.EvaluationWriter` for the rows.
     """
-    eval_config = copy.deepcopy(config)
-    eval_config.setdefault("run", {})["wandb"] = {"enabled": False}
-    module, datamodule, trainer = build(eval_config, Path(run_dir), stage="validate")
-    datamodule.test_dataloader = datamodule.val_dataloader
-    module.prediction_dir = None
-    module.nifti_dir = None
-    module.test_metric_options = {**(get_dotted(config, "run.test_metrics") or {}), **(metric_options or {})}
-    return module, datamodule, trainer
+    eval_config = _scoring_config(config, "val", metric_options)
+    return build(eval_config, Path(run_dir), callbacks, stage="validate")
+
+
+def _scoring_config(config: dict[str, Any], split: str, metric_options: dict[str, Any] | None = None,
+                    maps: bool = False) -> dict[str, Any]:
+    """``config`` set up to score ``split`` subject by subject with ``trainer.test``: the DataModule's
+    ``test_split``, the module's ``test_metrics`` (the config's ``run.test_metrics``, then
+    ``metric_options``) and ``test_maps`` (``maps``: gate and attention maps too); W&B off."""
+    scored = copy.deepcopy(config)
+    scored.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
+    set_dotted(scored, "data.test_split", split)
+    set_dotted(scored, "model.test_metrics", {**(get_dotted(config, "run.test_metrics") or {}),
+                                              **(metric_options or {})})
+    set_dotted(scored, "model.test_maps", maps)
+    return scored
 
 
 def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",

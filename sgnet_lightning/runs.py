@@ -13,7 +13,8 @@ reporting) takes names and paths from here, so the layout is typed once::
     <run>/validation_results.csv   the same rows on the validation split (a sweep trial's seed)
     <run>/predictions/<subject>.npz          test predictions on the cached grid (for the report)
     <run>/predictions_nifti/<subject>.nii.gz test predictions on each subject's original grid
-    <run>/gate_scan/, operating_point.json   SG-Net's gate threshold (sgnet_lightning.gate_scan)
+    <run>/gate_scan/            SG-Net's gate-threshold scan on validation (sgnet_lightning.gate_scan)
+    <run>/operating_point.json  the threshold it chose, with --store (sgnet_lightning.operating_point)
     <run>/COMPLETE              written last by a benchmark run: the run is done and may be gathered
 
 Where run folders go:
@@ -49,6 +50,7 @@ VALIDATION_RESULTS_FILE = "validation_results.csv"
 PREDICTIONS_DIR = "predictions"
 NIFTI_DIR = "predictions_nifti"
 BENCHMARK_FILE = "benchmark.json"  # in a benchmark's folder, beside its run folders
+OPERATING_POINT = "operating_point.json"  # the gate threshold chosen on validation (sgnet_lightning.operating_point)
 
 # the columns of a run's results.csv (one row per subject x region x metric)
 RUN_RESULTS_COLUMNS = ["subject", "region", "metric", "value", "convention"]

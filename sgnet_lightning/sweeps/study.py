@@ -35,7 +35,6 @@ import pandas as pd
 from sgnet_lightning import runs
 from sgnet_lightning.config import get_dotted, set_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, changed_keys, config_hash, locked_config
-from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 from sgnet_lightning.sweeps.space import Objective, SearchSpace
 from sgnet_lightning.sweeps.storage import default_storage, is_url, open_storage, retry_history, safe_url
@@ -253,7 +252,8 @@ class TrialObjective:
 def scan_trial_gates(options: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Path | None:
     """The space's gate scan of one trained seed (validation split, fixed weights) into
     ``<run_dir>/gate_scan/``; None, with a log line, for a network without hard gates."""
-    from sgnet_lightning.gate_scan import SCAN_DIR, NoHardGatesError, run_gate_scan
+    from sgnet_lightning.gate_scan import SCAN_DIR, run_gate_scan
+    from sgnet_lightning.operating_point import NoHardGatesError
 
     try:
         run_gate_scan(config, run_dir, ckpt=str(runs.trained_checkpoint(run_dir)), thresholds=options["thresholds"],
@@ -312,8 +312,9 @@ def validation_results(config: dict[str, Any], run_dir: str | Path,
     """Evaluate a trained run's best checkpoint subject by subject on its VALIDATION split.
 
     The module's test step scores whole volumes (sliding window, every metric of
-    :mod:`sgnet_lightning.evaluation`); here it is fed the DataModule's validation loader, so the
-    test split's loader is never built. Its log goes to ``logs/validate/``, beside the training log.
+    :mod:`sgnet_lightning.evaluation`); here on the validation split
+    (:func:`~sgnet_lightning.experiment.validation_scorer`), so the test split's loader is never
+    built. Its log goes to ``logs/validate/``, beside the training log.
 
     Args:
         config: the run's experiment config.
@@ -326,11 +327,11 @@ def validation_results(config: dict[str, Any], run_dir: str | Path,
         ``<run_dir>/validation_results.csv``.
     """
     from sgnet_lightning.experiment import validation_scorer
+    from sgnet_lightning.writers import EvaluationWriter
 
     run_dir = Path(run_dir)
     checkpoint = runs.trained_checkpoint(run_dir)
-    module, datamodule, trainer = validation_scorer(config, run_dir, metric_options)
+    writer = EvaluationWriter(results_file=run_dir / runs.VALIDATION_RESULTS_FILE)
+    module, datamodule, trainer = validation_scorer(config, run_dir, metric_options, callbacks=[writer])
     trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
-    rows = pd.DataFrame(module.test_rows)
-    atomic_write_text(run_dir / runs.VALIDATION_RESULTS_FILE, rows.to_csv(index=False))
-    return rows
+    return pd.DataFrame(module.test_rows)
