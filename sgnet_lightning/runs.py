@@ -9,7 +9,8 @@ reporting) takes names and paths from here, so the layout is typed once::
     <run>/run.json              provenance, config_hash, timings; updated by every stage (merged, atomic)
     <run>/checkpoints/best.ckpt best by validation Dice;  checkpoints/last.ckpt  for resuming
     <run>/logs/                 CSV log (logs/metrics.csv, logs/test/, logs/validate/); wandb/ when on
-    <run>/results.csv           per-subject test results: RUN_RESULTS_COLUMNS (+ SG-Net's gate rows)
+    <run>/results.csv           per-subject test results: RUN_RESULTS_COLUMNS (+ SG-Net's gate rows),
+                                written (as the next three) by sgnet_lightning.writers.EvaluationWriter
     <run>/validation_results.csv   the same rows on the validation split (a sweep trial's seed)
     <run>/predictions/<subject>.npz          test predictions on the cached grid (for the report)
     <run>/predictions_nifti/<subject>.nii.gz test predictions on each subject's original grid
@@ -22,7 +23,8 @@ Where run folders go:
 - a single experiment: ``<run.root>/<run.name>/<network>/<dataset>/seed<k>[/fold<f>]``
   (:func:`run_dir_for`), unless the config sets ``run.dir``;
 - a benchmark: ``<root>/<name>/<model label>/seed<k>[/fold<f>]`` beside ``benchmark.json`` and the
-  gathered ``results.csv`` (:func:`benchmark_run_dir`, read back by :func:`parse_run_path`);
+  gathered ``results.csv`` (:func:`benchmark_run_dir`; gathering reads the names back with
+  :func:`parse_seed_dir` and :func:`parse_fold_dir`);
 - a sweep: ``<runs root>/<study>/trial<N>/seed<k>`` (:func:`study_dir`, :func:`trial_dir`, :func:`seed_dir`).
 """
 
