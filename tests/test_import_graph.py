@@ -45,9 +45,9 @@ def _modules() -> dict[str, Path]:
 
 def _target(name: str, modules: dict[str, Path]) -> str | None:
     """The package module that ``sgnet_lightning.<name>`` (a module, or a name inside one) is."""
-    while name not in modules:
-        if "." not in name:
-            return "" if "" in modules and name == "" else None
+    while name not in modules:  # a name inside a module: the module ("" is the package's __init__)
+        if not name:
+            return None
         name = name.rpartition(".")[0]
     return name
 
