@@ -13,7 +13,7 @@ A benchmark config (``experiments/benchmarks/*.yaml``)::
     budget: {trainer: {max_epochs: 100}}   # merged into every run
     primary_endpoint: {metric: dice, region: WT}   # optional; default Dice of the main region (WT)
 
-Each run writes ``<root>/<name>/<label>/seed<k>[/fold<f>]/`` (see :mod:`sgnet_lightning.experiment`);
+Each run writes ``<root>/<name>/<label>/seed<k>[/fold<f>]/`` (see :mod:`sgnet_lightning.runs`);
 ``COMPLETE`` is written last, after ``results.csv`` and ``run.json``, so a killed benchmark rerun with
 the same command redoes only runs without it (resuming their training from ``last.ckpt``).
 
@@ -33,7 +33,6 @@ running, queued, failed or missing, with its job and log.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
@@ -49,10 +48,10 @@ from sgnet_lightning.config_lock import (ConfigChangedError, config_hash, lock_d
                                            write_lock)
 from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
+from sgnet_lightning.runs import (BENCHMARK_FILE, BEST, LAST, RESULTS_FILE, RUN_FILE, benchmark_run_dir, can_resume,
+                                  checkpoint_file, is_complete, mark_complete, update_run_json)
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
 
 
 def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict[str, Any]:
@@ -91,12 +90,8 @@ def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict[str,
 
 
 def run_dir_of(bench: dict, run: dict) -> Path:
-    path = Path(bench["dir"]) / run["label"] / f"seed{run['seed']}"
-    return path / f"fold{run['fold']}" if run["fold"] is not None else path
-
-
-def is_complete(run_dir: Path) -> bool:
-    return (run_dir / COMPLETE).is_file()
+    """The folder of ``run`` (an entry of ``bench["runs"]``): ``<bench dir>/<label>/seed<k>[/fold<f>]``."""
+    return benchmark_run_dir(bench["dir"], run["label"], run["seed"], run.get("fold"))
 
 
 def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[str] | None = None,
@@ -180,8 +175,8 @@ def run_benchmark(path: str | Path, overrides: dict | None = None, only: list[st
                          + f"; `sgnet benchmark status --config {path}` lists them with their logs, and "
                          "rerunning this command runs them again (from their last.ckpt)")
     results = gather_results(bench_dir)  # the runs benchmark.json lists, no others
-    write_results(results, bench_dir / "results.csv")
-    log.info("gathered %d result rows into %s", len(results), bench_dir / "results.csv")
+    write_results(results, bench_dir / RESULTS_FILE)
+    log.info("gathered %d result rows into %s", len(results), bench_dir / RESULTS_FILE)
     return bench_dir
 
 
@@ -210,13 +205,13 @@ def run_one(bench: dict, run: dict, resources=None) -> Path:
     resources = resources or Resources()
     resources.set_threads()
     config = resources.cap(run["config"])
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = checkpoint_file(run_dir, LAST)
     with TaskRecord(run_dir / TASK_FILE, resources, resumed=last.is_file(),
                     resumed_from_epoch=checkpoint_epoch(last) if last.is_file() else None):
         start = time.perf_counter()
         train(config, run_dir=run_dir, callbacks=launched_run_callbacks())
         tested = time.perf_counter()
-        run_test(config, run_dir=run_dir, ckpt="best", callbacks=launched_run_callbacks())
+        run_test(config, run_dir=run_dir, ckpt=BEST, callbacks=launched_run_callbacks())
         end = time.perf_counter()
         _finish_run(run_dir, run, wall_time_s=end - start, test_time_s=end - tested)
     return run_dir
@@ -231,7 +226,7 @@ def _changed_runs(bench: dict) -> list[tuple[dict, list[str]]]:
     changed = []
     for run in bench["runs"]:
         run_dir = run_dir_of(bench, run)
-        if is_complete(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if is_complete(run_dir) or can_resume(run_dir):
             differences = lock_differences(run_dir, run["locked"])
             if differences:
                 changed.append((run, differences))
@@ -259,9 +254,8 @@ def _unlock_loader_workers(bench: dict) -> None:
         if without != run["locked"]:
             continue
         digest = write_lock(run_dir, without)
-        if (run_dir / "run.json").is_file():
-            atomic_write_json(run_dir / "run.json", {**json.loads((run_dir / "run.json").read_text()),
-                                                     "config_hash": digest})
+        if (run_dir / RUN_FILE).is_file():
+            update_run_json(run_dir, config_hash=digest)
         log.info("%s: config lock updated (data.num_workers is no longer part of it)", run_dir)
 
 
@@ -294,11 +288,9 @@ def _move_aside(run_dir: Path) -> Path:
 def _finish_run(run_dir: Path, run: dict, wall_time_s: float, test_time_s: float) -> None:
     """Complete ``run.json`` (identity, ``wall_time_s`` of this attempt's fit + test, ``test_time_s``;
     ``train_time_s`` sums every attempt) and write ``COMPLETE``."""
-    info = json.loads((run_dir / "run.json").read_text())
-    info.update(model=run["label"], options=run["config"].get("model", {}).get("network_options") or {},
-                seed=run["seed"], fold=run["fold"], wall_time_s=wall_time_s, test_time_s=test_time_s, complete=True)
-    atomic_write_json(run_dir / "run.json", info)
-    atomic_write_text(run_dir / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last: marks the run done
+    update_run_json(run_dir, model=run["label"], options=run["config"].get("model", {}).get("network_options") or {},
+                    seed=run["seed"], fold=run["fold"], wall_time_s=wall_time_s, test_time_s=test_time_s, complete=True)
+    mark_complete(run_dir)  # last: marks the run done
 
 
 def cache_dir_for(config: dict) -> Path:
@@ -362,7 +354,7 @@ def _write_benchmark_json(bench: dict) -> None:
         "budget": bench.get("budget", {}),
         **tracking.provenance(),
     }
-    path = Path(bench["dir"]) / "benchmark.json"
+    path = Path(bench["dir"]) / BENCHMARK_FILE
     Path(bench["dir"]).mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, info)
     atomic_write_text(Path(bench["dir"]) / "benchmark.yaml", yaml.safe_dump(

@@ -25,10 +25,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.errors import ConfigError
-
-LOCK_FILE = "config.lock"
+from sgnet_lightning.files import atomic_write_json
+from sgnet_lightning.runs import LOCK_FILE
 
 # dotted key -> why leaving it out cannot change a result
 EXCLUDED_KEYS: dict[str, str] = {

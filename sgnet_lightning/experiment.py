@@ -4,24 +4,16 @@ A config is the merged dict of :mod:`sgnet_lightning.config`. Lightning's ``Ligh
 and validates it (types, unknown keys, links from the data to the model) and instantiates module,
 DataModule and trainer; this module adds the run folder, checkpoints, loggers and results files.
 
-Run folder (``run.root/run.name/<network>/<dataset>/seed<k>[/fold<f>]`` unless given)::
-
-    config.yaml            resolved config as run
-    config.lock            the locked config and its hash (sgnet_lightning.config_lock)
-    run.json               provenance (versions, commit, hardware), config_hash and timings
-    checkpoints/best.ckpt  best by validation Dice;  checkpoints/last.ckpt  for resuming
-    logs/metrics.csv       CSV log (source of truth); wandb/ when W&B is on (offline by default)
-    results.csv            per-subject test results on each subject's original grid (written atomically, last)
-    predictions/<subject>.npz   test predictions on the cached grid (for the report's figures)
-    predictions_nifti/<subject>.nii.gz   with --nifti (or run.test_nifti): on each original grid
-    gate_scan/, operating_point.json     SG-Net's gate threshold at inference (sgnet_lightning.gate_scan)
+The run folder (``run.root/run.name/<network>/<dataset>/seed<k>[/fold<f>]`` unless ``run.dir`` is
+given) and its files are described in :mod:`sgnet_lightning.runs`: here the config is written
+(``config.yaml``, ``config.lock``), checkpoints and logs during fit, ``run.json`` after each stage,
+and the per-subject ``results.csv`` and predictions at test.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -34,32 +26,19 @@ import pandas as pd
 import torch
 import yaml
 
-from sgnet_lightning import tracking
-from sgnet_lightning.config import get_dotted
+from sgnet_lightning import runs, tracking
+from sgnet_lightning.config import get_dotted, set_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, lock_differences, locked_config, write_lock
-from sgnet_lightning.files import atomic_write_json, atomic_write_text
+from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import SgnetError
+from sgnet_lightning.runs import run_dir_for
+from sgnet_lightning.writers import EvaluationWriter
 
 log = logging.getLogger(__name__)
 
 
 SUITE_KEYS = ("run",)  # top-level config sections the suite handles itself, not LightningCLI
-BEST_CKPT, LAST_CKPT = "best.ckpt", "last.ckpt"
 MIN_FREE_DISK_MB = 200
-
-
-def run_dir_for(config: dict[str, Any]) -> Path:
-    """Where a config's run writes: ``run.dir`` if set, else root/name/network/dataset/seed[/fold]."""
-    if get_dotted(config, "run.dir"):
-        return Path(get_dotted(config, "run.dir"))
-    from sgnet_lightning.data.manifest import Manifest
-
-    dataset = Manifest.load(get_dotted(config, "data.manifest"), root=get_dotted(config, "data.data_root")).dataset
-    path = (Path(get_dotted(config, "run.root", "runs")) / get_dotted(config, "run.name", "default")
-            / get_dotted(config, "model.network", "sgnet") / dataset
-            / f"seed{get_dotted(config, 'seed_everything', 0)}")
-    fold = get_dotted(config, "data.fold")
-    return path / f"fold{fold}" if fold is not None else path
 
 
 def check_writable(folder: Path, min_free_mb: int = MIN_FREE_DISK_MB) -> None:
@@ -75,15 +54,13 @@ def check_writable(folder: Path, min_free_mb: int = MIN_FREE_DISK_MB) -> None:
         raise SgnetError(f"only {free_mb:.0f} MB free under {folder}; at least {min_free_mb} MB are needed")
 
 
-def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overrides: Sequence[str] = (),
-          stage: str = "fit"):
+def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), stage: str = "fit"):
     """Parse ``config`` with LightningCLI and return ``(module, datamodule, trainer)``.
 
     Args:
         config: merged experiment config (see :mod:`sgnet_lightning.config`).
         run_dir: run folder (checkpoints, logs).
         callbacks: extra Lightning callbacks (e.g. Optuna's pruning callback).
-        overrides: jsonargparse-style command-line overrides, e.g. ``["--trainer.max_epochs=3"]``.
         stage: ``fit``, ``validate`` or ``test``: where the CSV log goes, and whether the resolved
             config is written (fit only: it is the config the run was trained with).
     """
@@ -93,21 +70,21 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
 
     cli_config = {k: v for k, v in config.items() if k not in SUITE_KEYS}
     best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
+        dirpath=runs.checkpoints_dir(run_dir), filename=runs.BEST, monitor="val/dice", mode="max",
         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
     # Its own callback: Lightning 2.6's `save_last` only writes when the best improved, but resuming
     # needs the state of the latest epoch.
     # Saved at the very end of each epoch (after validation), so a resumed run starts cleanly at the
     # next epoch and redraws exactly that epoch's patches.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+    last = ModelCheckpoint(dirpath=runs.checkpoints_dir(run_dir), filename=runs.LAST, monitor=None, save_top_k=1,
                            every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = tracking.make_loggers(run_dir, config, get_dotted(config, "run.wandb"), stage)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cli_config))
         cli = SuiteCLI(
-            args=["--config", str(config_file), *overrides],
+            args=["--config", str(config_file)],
             run=False,
             trainer_defaults={"default_root_dir": str(run_dir), "logger": False,
                               "callbacks": [best, last, *callbacks]},
@@ -115,18 +92,12 @@ def build(config: dict[str, Any], run_dir: Path, callbacks: Sequence = (), overr
     cli.trainer.loggers = loggers  # set after parsing: logger objects are not config values
     if stage == "fit":
         resolved = cli.parser.dump(cli.config, format="yaml", skip_none=False)
-        atomic_write_text(run_dir / "config.yaml", resolved + yaml.safe_dump({"run": config.get("run", {})}))
+        atomic_write_text(run_dir / runs.CONFIG_FILE, resolved + yaml.safe_dump({"run": config.get("run", {})}))
     return cli.model, cli.datamodule, cli.trainer
 
 
-def _write_run_json(run_dir: Path, **fields) -> None:
-    path = run_dir / "run.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    atomic_write_json(path, {**current, **fields})
-
-
 def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: Sequence = (),
-          overrides: Sequence[str] = (), resume: bool | None = None) -> dict[str, float]:
+          resume: bool | None = None) -> dict[str, float]:
     """Fit one model; return its final and best validation metrics.
 
     Resumes from ``checkpoints/last.ckpt`` when it exists (``run.resume``, default True), so a killed
@@ -140,11 +111,9 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     check_writable(run_dir)
     resume = get_dotted(config, "run.resume", True) if resume is None else resume
-    last = run_dir / "checkpoints" / LAST_CKPT
+    last = runs.checkpoint_file(run_dir, runs.LAST)
     ckpt_path = str(last) if resume and last.is_file() else None
     locked = locked_config(config)
-    if overrides:  # LightningCLI flags given beside the config change the run as much as the config
-        locked["cli_overrides"] = list(overrides)
     if ckpt_path:  # before build(), which writes this config into the folder
         changes = lock_differences(run_dir, locked)
         if changes:
@@ -152,11 +121,11 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
                 f"{run_dir} holds a run trained with another config, so it does not resume: {'; '.join(changes)} "
                 "(restore the config, or set run.resume=false to train anew in this folder)"
             )
-    module, datamodule, trainer = build(config, run_dir, callbacks, overrides)
+    module, datamodule, trainer = build(config, run_dir, callbacks)
     if ckpt_path:
         log.info("resuming %s from %s", run_dir, last)
         _keep_training_log(trainer, Path(ckpt_path))
-    _write_run_json(run_dir, config_hash=write_lock(run_dir, locked), **tracking.provenance(),
+    runs.update_run_json(run_dir, config_hash=write_lock(run_dir, locked), **tracking.provenance(),
                     network=module.hparams.network,
                     n_parameters=sum(p.numel() for p in module.net.parameters()),
                     deterministic=bool(get_dotted(config, "trainer.deterministic", False)))
@@ -172,7 +141,7 @@ def train(config: dict[str, Any], run_dir: str | Path | None = None, callbacks: 
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     metrics["best_val_dice"] = float(best) if best is not None else float("nan")
     metrics["epochs"], metrics["steps"] = trainer.current_epoch, trainer.global_step
-    _write_run_json(run_dir, train_time_s=time.perf_counter() - start + _previous_train_time(run_dir, ckpt_path),
+    runs.update_run_json(run_dir, train_time_s=time.perf_counter() - start + _previous_train_time(run_dir, ckpt_path),
                     peak_memory_mb=_peak_memory_mb(), fit_metrics=metrics)
     return metrics
 
@@ -211,8 +180,7 @@ def _keep_training_log(trainer, ckpt_path: Path) -> None:
 def _previous_train_time(run_dir: Path, ckpt_path: str | None) -> float:
     if not ckpt_path:
         return 0.0
-    path = run_dir / "run.json"
-    return float(json.loads(path.read_text()).get("train_time_s", 0.0)) if path.is_file() else 0.0
+    return float(runs.read_run_json(run_dir).get("train_time_s", 0.0))
 
 
 def _peak_memory_mb() -> float:
@@ -239,25 +207,16 @@ class _explain_out_of_memory:
         return False
 
 
-def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path | None:
-    """``"best"`` / ``"last"`` of a run folder, or a path; a clear error when it does not exist."""
-    named = {"best": run_dir / "checkpoints" / BEST_CKPT, "last": run_dir / "checkpoints" / LAST_CKPT}
-    path = named.get(ckpt, Path(ckpt) if ckpt else None)
-    if path is not None and not path.is_file():
-        raise SgnetError(f"checkpoint not found: {path} (train first with `sgnet fit`)")
-    return path
-
-
 def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
              save_predictions: bool = True, save_nifti: bool | None = None,
-             overrides: Sequence[str] = (), gate_threshold: str | float | None = None,
-             callbacks: Sequence = ()) -> pd.DataFrame:
+             gate_threshold: str | float | None = None, callbacks: Sequence = ()) -> pd.DataFrame:
     """Test a trained run on its test split; write ``results.csv`` (one row per subject x region x
     metric, plus SG-Net's ``gate_open_fraction_<level>`` rows) atomically and return it.
 
     Each prediction is put back on its subject's original grid and scored there against the
     original reference file, by the code ``sgnet evaluate`` runs (see ``SegmentationModule.test_step``):
-    ``sgnet evaluate`` on ``predictions_nifti/`` gives the same rows.
+    ``sgnet evaluate`` on ``predictions_nifti/`` gives the same rows. The module computes; an
+    :class:`~sgnet_lightning.writers.EvaluationWriter` writes the rows and predictions.
 
     Args:
         ckpt: ``"best"``, ``"last"`` or a checkpoint path.
@@ -266,68 +225,72 @@ def run_test(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: st
             default the config's ``run.test_nifti`` (False).
         gate_threshold: hard gates' threshold at test: None (as trained), a number, or
             ``"validated"``: the operating point chosen on validation by ``sgnet gate-scan --store``
-            (:func:`~sgnet_lightning.gate_scan.resolve_gate_threshold`). ``run.json`` records the
+            (:func:`~sgnet_lightning.operating_point.resolve_gate_threshold`). ``run.json`` records the
             threshold used (``test_gate_threshold``, ``test_gate_threshold_source``).
         callbacks: extra Lightning callbacks (a launched run's, :mod:`sgnet_lightning.launch.tasks`).
     """
-    from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
+    from sgnet_lightning.operating_point import hard_gated_network, resolve_gate_threshold
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    ckpt_path = checkpoint_path(run_dir, ckpt)
+    ckpt_path = runs.find_checkpoint(run_dir, ckpt)
     threshold, source = resolve_gate_threshold(gate_threshold, run_dir, ckpt_path)
     if save_nifti is None:
         save_nifti = bool(get_dotted(config, "run.test_nifti", False))
-    test_config = copy.deepcopy(config)
-    test_config.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
-    module, datamodule, trainer = build(test_config, run_dir, callbacks, overrides=overrides, stage="test")
+    test_config = _scoring_config(config, "test", maps=save_predictions)
+    writer = EvaluationWriter(results_file=run_dir / runs.RESULTS_FILE,
+                              prediction_dir=run_dir / runs.PREDICTIONS_DIR if save_predictions else None,
+                              nifti_dir=run_dir / runs.NIFTI_DIR if save_nifti else None)
+    module, datamodule, trainer = build(test_config, run_dir, [*callbacks, writer], stage="test")
     if threshold is not None:  # an attribute, not a weight: loading the checkpoint keeps it
         hard_gated_network(module, f"sgnet test --gate-threshold {gate_threshold}").gate_threshold = threshold
     used = getattr(module.net, "gate_threshold", None) if getattr(module.net, "gate_mode", None) == "hard" else None
-    module.prediction_dir = run_dir / "predictions" if save_predictions else None
-    module.nifti_dir = run_dir / "predictions_nifti" if save_nifti else None
-    module.test_metric_options = get_dotted(config, "run.test_metrics", {}) or {}
     with _explain_out_of_memory():
         trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, verbose=False)
-    results = pd.DataFrame(module.test_rows)
-    buffer = io.StringIO()
-    results.to_csv(buffer, index=False)
-    atomic_write_text(run_dir / "results.csv", buffer.getvalue())
     seconds = module.test_inference_seconds
-    _write_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
-                    tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds),
-                    test_gate_threshold=used, test_gate_threshold_source=source if used is not None else None)
-    return results
+    runs.update_run_json(run_dir, inference_time_s_per_volume=float(np.median(seconds)) if seconds else float("nan"),
+                         tested_checkpoint=str(ckpt_path), n_test_subjects=len(seconds),
+                         test_gate_threshold=used, test_gate_threshold_source=source if used is not None else None)
+    return pd.DataFrame(module.test_rows)
 
 
-def validation_scorer(config: dict[str, Any], run_dir: str | Path, metric_options: dict[str, Any] | None = None):
+def validation_scorer(config: dict[str, Any], run_dir: str | Path, metric_options: dict[str, Any] | None = None,
+                      callbacks: Sequence = ()):
     """``(module, datamodule, trainer)`` whose ``trainer.test(module, datamodule=datamodule,
     ckpt_path=...)`` scores the **validation** split subject by subject, by the code of ``sgnet test``
-    (``module.test_rows``): the test loader is replaced by the validation loader, so the test split
-    is never built and no test subject is opened. Used by the sweeps and ``sgnet gate-scan``; its
-    log goes to ``logs/validate/``, beside the training log.
+    (rows in ``module.test_rows``): the DataModule's ``test_split`` is ``"val"``, so the test split's
+    loader is never built and no test subject is opened. Used by the sweeps and ``sgnet gate-scan``;
+    its log goes to ``logs/validate/``, beside the training log.
 
     Args:
         metric_options: keyword options of ``evaluate_case`` (``distances``, ``lesions``, ...), on top
             of the config's ``run.test_metrics``.
+        callbacks: e.g. an :class:`~sgnet_lightning.writers.EvaluationWriter` for the rows.
     """
-    eval_config = copy.deepcopy(config)
-    eval_config.setdefault("run", {})["wandb"] = {"enabled": False}
-    module, datamodule, trainer = build(eval_config, Path(run_dir), stage="validate")
-    datamodule.test_dataloader = datamodule.val_dataloader
-    module.prediction_dir = None
-    module.nifti_dir = None
-    module.test_metric_options = {**(get_dotted(config, "run.test_metrics") or {}), **(metric_options or {})}
-    return module, datamodule, trainer
+    eval_config = _scoring_config(config, "val", metric_options)
+    return build(eval_config, Path(run_dir), callbacks, stage="validate")
 
 
-def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best",
-             overrides: Sequence[str] = ()) -> dict[str, float]:
+def _scoring_config(config: dict[str, Any], split: str, metric_options: dict[str, Any] | None = None,
+                    maps: bool = False) -> dict[str, Any]:
+    """``config`` set up to score ``split`` subject by subject with ``trainer.test``: the DataModule's
+    ``test_split``, the module's ``test_metrics`` (the config's ``run.test_metrics``, then
+    ``metric_options``) and ``test_maps`` (``maps``: gate and attention maps too); W&B off."""
+    scored = copy.deepcopy(config)
+    scored.setdefault("run", {})["wandb"] = {**(get_dotted(config, "run.wandb") or {}), "enabled": False}
+    set_dotted(scored, "data.test_split", split)
+    set_dotted(scored, "model.test_metrics", {**(get_dotted(config, "run.test_metrics") or {}),
+                                              **(metric_options or {})})
+    set_dotted(scored, "model.test_maps", maps)
+    return scored
+
+
+def validate(config: dict[str, Any], run_dir: str | Path | None = None, ckpt: str | None = "best") -> dict[str, float]:
     """Validate a trained run on its validation split; return the logged metrics."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    ckpt_path = checkpoint_path(run_dir, ckpt)
+    ckpt_path = runs.find_checkpoint(run_dir, ckpt)
     val_config = copy.deepcopy(config)
     val_config.setdefault("run", {})["wandb"] = {"enabled": False}
-    module, datamodule, trainer = build(val_config, run_dir, overrides=overrides, stage="validate")
+    module, datamodule, trainer = build(val_config, run_dir, stage="validate")
     (results,) = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                                   verbose=False)
     return {k: float(v) for k, v in results.items()}

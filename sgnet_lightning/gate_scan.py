@@ -5,9 +5,10 @@ encoder features only, so on a trained network ``p`` does not depend on ``tau``,
 only ever closes gates: one checkpoint, scored at several thresholds, gives a precision-recall curve
 against the threshold without retraining. The scan scores the **validation split only**, through the
 code ``sgnet test`` runs (``SegmentationModule.test_step``: sliding window, label map put back on each
-subject's original grid, :func:`~sgnet_lightning.evaluation.evaluate.score_prediction`), fed the
-validation loader, as the sweeps' :func:`~sgnet_lightning.sweeps.study.validation_results` is: the
-test loader is never built and no test subject is opened.
+subject's original grid, :func:`~sgnet_lightning.evaluation.evaluate.score_prediction`), with the
+DataModule's ``test_split`` set to ``"val"``, as the sweeps'
+:func:`~sgnet_lightning.sweeps.study.validation_results` is: the test loader is never built and no
+test subject is opened.
 
 Files written into the run folder::
 
@@ -22,14 +23,13 @@ Files written into the run folder::
                               chose it, and the checkpoint (sha256) it belongs to
 
 The stored operating point is used on request: ``sgnet test --gate-threshold validated`` and
-``sgnet predict --gate-threshold validated`` (:func:`resolve_gate_threshold`); both refuse a
-checkpoint other than the one the point was chosen on.
+``sgnet predict --gate-threshold validated``
+(:func:`~sgnet_lightning.operating_point.resolve_gate_threshold`); both refuse a checkpoint other
+than the one the point was chosen on.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -38,8 +38,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from sgnet_lightning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
+from sgnet_lightning.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from sgnet_lightning.operating_point import file_sha256, hard_gated_network
+from sgnet_lightning.runs import OPERATING_POINT
 
 log = logging.getLogger(__name__)
 
@@ -47,81 +49,10 @@ SCAN_DIR = "gate_scan"
 SCAN_CSV = "gate_scan.csv"
 SCAN_SUMMARY = "summary.json"
 SCAN_FIGURE = "gate_scan.png"
-OPERATING_POINT = "operating_point.json"
-VALIDATED = "validated"  # --gate-threshold value that reads the run's operating_point.json
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_CHOICE = "lesion_f1"  # balances missed and false-positive lesions: the paradox's currency
 # drawn against the threshold (means over validation subjects), in this order, where present
 CURVE_METRICS = ("precision", "recall", "dice", "lesion_f1")
-
-
-# -- which threshold a network runs at ----------------------------------------------------------------
-class NoHardGatesError(SgnetError):
-    """A gate threshold was asked of a network without hard gates."""
-
-
-def hard_gated_network(module, purpose: str):
-    """The module's network when it has hard gates whose threshold can be set; else
-    :class:`NoHardGatesError` saying why ``purpose`` does not apply (soft gates pass ``p`` itself;
-    ``none`` has no gates)."""
-    net = module.net
-    mode = getattr(net, "gate_mode", None)
-    if mode != "hard" or not hasattr(net, "gate_threshold"):
-        what = f"gate_mode {mode!r}" if mode else f"network {module.hparams.network!r} has no gates"
-        raise NoHardGatesError(f"{purpose}: a gate threshold acts only on hard gates ({what})")
-    return net
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_operating_point(run_dir: str | Path) -> dict[str, Any]:
-    """The run's stored operating point (``operating_point.json``); a clear error when there is none."""
-    path = Path(run_dir) / OPERATING_POINT
-    if not path.is_file():
-        raise SgnetError(f"{path} not found: choose an operating point on validation first "
-                         f"(sgnet gate-scan --config ... --run-dir {run_dir} --store)")
-    try:
-        point = json.loads(path.read_text())
-        float(point["gate_threshold"]), str(point["checkpoint_sha256"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise SgnetError(f"{path}: not an operating point written by sgnet gate-scan ({err})") from None
-    return point
-
-
-def resolve_gate_threshold(spec: str | float | None, run_dir: str | Path, checkpoint: str | Path | None
-                           ) -> tuple[float | None, str]:
-    """The gate threshold a test or prediction runs at, and where it came from.
-
-    Args:
-        spec: None (the trained threshold), a number in (0, 1), or ``"validated"`` (the run's
-            ``operating_point.json``, which must belong to ``checkpoint``).
-        run_dir: the run folder holding ``operating_point.json``.
-        checkpoint: the checkpoint to be used (compared by sha256 with the operating point's).
-
-    Returns:
-        ``(threshold or None, source)``: source ``"trained"``, ``"given"`` or ``"validated"``.
-    """
-    if spec is None:
-        return None, "trained"
-    if isinstance(spec, str) and spec == VALIDATED:
-        point = load_operating_point(run_dir)
-        if checkpoint is not None and file_sha256(checkpoint) != point["checkpoint_sha256"]:
-            raise SgnetError(f"{Path(run_dir) / OPERATING_POINT} was chosen on {point.get('checkpoint')}, "
-                             f"not on {checkpoint} (its sha256 differs): rerun sgnet gate-scan --store")
-        return float(point["gate_threshold"]), VALIDATED
-    try:
-        value = float(spec)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--gate-threshold {spec!r}: give a number in (0, 1) or '{VALIDATED}'") from None
-    if not 0 < value < 1:
-        raise ConfigError(f"--gate-threshold {value:g}: must lie in (0, 1)")
-    return value, "given"
 
 
 def parse_choice(text: str | None, task) -> tuple[str, str]:
@@ -218,10 +149,10 @@ def run_gate_scan(config: dict[str, Any], run_dir: str | Path | None = None, ckp
     from sgnet_lightning.config import get_dotted
     from sgnet_lightning.data.labels import get_task
     from sgnet_lightning.data.manifest import Manifest
-    from sgnet_lightning.experiment import checkpoint_path, run_dir_for
+    from sgnet_lightning.runs import find_checkpoint, run_dir_for
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    checkpoint = checkpoint_path(run_dir, ckpt)
+    checkpoint = find_checkpoint(run_dir, ckpt)
     if checkpoint is None:
         raise SgnetError("sgnet gate-scan needs a checkpoint (--ckpt best, last or a path)")
     manifest = Manifest.load(get_dotted(config, "data.manifest"), root=get_dotted(config, "data.data_root"))

@@ -3,7 +3,9 @@
 The module knows nothing about architectures: it creates the network by name from the registry,
 reads its :class:`~sgnet_lightning.models.NetworkOutput`, and gets optimiser and scheduler from
 config. Sampling and augmentation live in the DataModule, metrics in ``sgnet_lightning.evaluation``,
-sliding-window inference in ``sgnet_lightning.inference``.
+sliding-window inference in ``sgnet_lightning.inference``. The module computes and writes nothing:
+its test step returns each subject's prediction and result rows, and a callback
+(:class:`~sgnet_lightning.writers.EvaluationWriter`) writes them where the experiment says.
 
 Batches (built by :class:`~sgnet_lightning.data.datamodule.SegmentationDataModule`):
     training:   {"image": (B, C, X, Y, Z) float, "target": (B, R, X, Y, Z) {0,1},
@@ -52,6 +54,11 @@ class SegmentationModule(pl.LightningModule):
             "mode": "constant" | "gaussian"}`` for validation, test and prediction.
         threshold: probability above which a voxel belongs to a region.
         channels_last: use the channels-last 3D memory format (faster convolutions on recent GPUs).
+        test_metrics: keyword options of :func:`~sgnet_lightning.evaluation.evaluate.evaluate_case`
+            for the test step's rows (``distances``, ``lesions``, ...); the experiment passes the
+            config's ``run.test_metrics`` here.
+        test_maps: the test step also returns SG-Net's gate maps and SegGuidedNet's attention maps
+            (whole volumes: memory and time), for writing them beside the prediction.
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class SegmentationModule(pl.LightningModule):
         sliding_window: dict[str, Any] | None = None,
         threshold: float = 0.5,
         channels_last: bool = False,
+        test_metrics: dict[str, Any] | None = None,
+        test_maps: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -188,47 +197,50 @@ class SegmentationModule(pl.LightningModule):
 
     # -- test: per-subject results ----------------------------------------------------------------
     def on_test_epoch_start(self):
-        self.test_rows: list[dict] = []
-        self.test_inference_seconds: list[float] = []
+        self.test_rows: list[dict] = []  # every subject's result rows, in test order
+        self.test_inference_seconds: list[float] = []  # per subject: sliding-window prediction
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch, batch_idx) -> dict[str, Any]:
         """Predict one cached volume, put the label map back on the subject's original grid and
         score it there against the original reference file, by the code ``sgnet evaluate`` runs
-        on a written NIfTI file (so both give the same numbers for one prediction)."""
+        on a written NIfTI file (so both give the same numbers for one prediction).
+
+        Returns (for the callbacks, :class:`~sgnet_lightning.writers.EvaluationWriter`; the rows are also
+        collected in ``test_rows``)::
+
+            {"subject": str,
+             "prediction": (R, X, Y, Z) bool, on the cached grid,
+             "maps": {"attention": (1, S, X, Y, Z), "gate": (1, L, X, Y, Z)} where the network has
+                     them and ``test_maps`` is on, else {},
+             "native": nibabel image: the uint8 label map on the subject's original grid,
+             "rows": [{"subject", "region", "metric", "value", "convention"}, ...] including the
+                     ``gate_open_fraction_<level>`` rows}
+        """
         from sgnet_lightning.data.cache import read_meta
         from sgnet_lightning.data.labels import regions_to_label_map
         from sgnet_lightning.evaluation.evaluate import score_prediction
         from sgnet_lightning.evaluation.references import read_reference
-        from sgnet_lightning.predict import native_image, write_image
+        from sgnet_lightning.nifti import native_image
 
         datamodule = self.trainer.datamodule
         task = datamodule.task
         start = time.perf_counter()
         self.start_gate_tally()
-        maps = self.predict_volume(batch["image"], with_maps=self.prediction_dir is not None)
+        maps = self.predict_volume(batch["image"], with_maps=self.hparams.test_maps)
         open_fractions = self.stop_gate_tally()
         if batch["image"].is_cuda:
             torch.cuda.synchronize()
         self.test_inference_seconds.append(time.perf_counter() - start)
-        pred = (maps["probabilities"][0] > self.hparams.threshold).cpu().numpy()  # (R, X, Y, Z)
+        pred = (maps.pop("probabilities")[0] > self.hparams.threshold).cpu().numpy()  # (R, X, Y, Z)
         subject = batch["subject"][0]
         native = native_image(regions_to_label_map(pred, task), read_meta(datamodule.cache_dir / subject))
-        nifti_file = self.nifti_dir / f"{subject}.nii.gz" if self.nifti_dir is not None else None
         reference = read_reference(task.dataset, datamodule.manifest.record(subject))
-        rows = score_prediction(subject, np.asarray(native.dataobj), native.affine,
-                                nifti_file or "test prediction (not written)", reference, task,
-                                **self.test_metric_options)
-        self.test_rows.extend({"subject": subject, **row} for row in rows)
-        self.test_rows.extend(gate_rows(subject, open_fractions))
-        if self.prediction_dir is not None:
-            save_prediction(self.prediction_dir, subject, pred, maps)
-        if nifti_file is not None:
-            write_image(native, nifti_file)
-
-    # set by sgnet_lightning.experiment.run_test before trainer.test
-    prediction_dir = None  # predictions on the cached grid (.npz), for the report
-    nifti_dir = None  # predictions as NIfTI on each subject's original grid
-    test_metric_options: dict = {}
+        scores = score_prediction(subject, np.asarray(native.dataobj), native.affine,
+                                  f"test prediction of {subject} on its original grid", reference, task,
+                                  **(self.hparams.test_metrics or {}))
+        rows = [{"subject": subject, **row} for row in scores] + gate_rows(subject, open_fractions)
+        self.test_rows.extend(rows)
+        return {"subject": subject, "prediction": pred, "maps": maps, "native": native, "rows": rows}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # a checkpoint alone must be enough for `sgnet predict`: keep how the data was prepared
@@ -269,23 +281,6 @@ def gate_rows(subject: str, open_fractions: list[torch.Tensor]) -> list[dict]:
 
     return [{"subject": subject, "region": "all", "metric": gate_open_fraction_metric(level),
              "value": float(fraction), "convention": ""} for level, fraction in enumerate(open_fractions)]
-
-
-def save_prediction(out_dir, subject: str, pred: np.ndarray, maps: dict[str, torch.Tensor]) -> None:
-    """Store a test prediction on the cached grid: ``pred`` uint8 (R, X, Y, Z) and, where the network
-    has them, ``attention`` / ``gate`` float16 maps, as ``<out_dir>/<subject>.npz`` (atomically)."""
-    import io
-    from pathlib import Path
-
-    from sgnet_lightning.files import atomic_write_bytes
-
-    arrays = {"pred": pred.astype(np.uint8)}
-    for key in ("attention", "gate"):
-        if key in maps:
-            arrays[key] = maps[key][0].float().cpu().numpy().astype(np.float16)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(Path(out_dir) / f"{subject}.npz", buffer.getvalue())
 
 
 def _data_description(datamodule) -> dict[str, Any]:

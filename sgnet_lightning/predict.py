@@ -12,15 +12,14 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from sgnet_lightning.files import atomic_write_bytes
 from sgnet_lightning.data.labels import get_task, regions_to_label_map
 from sgnet_lightning.datasets import image_name_ending
 from sgnet_lightning.errors import SgnetError
+from sgnet_lightning.nifti import save_native
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +90,11 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
     """
     from sgnet_lightning.data.preprocess import PreprocessSettings, preprocess_images
     from sgnet_lightning.data.sources import get_source
-    from sgnet_lightning.gate_scan import hard_gated_network, resolve_gate_threshold
+    from sgnet_lightning.operating_point import hard_gated_network, resolve_gate_threshold
+    from sgnet_lightning.runs import run_dir_of_checkpoint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # the run folder of <run>/checkpoints/<name>.ckpt, where gate-scan stores the operating point
-    threshold, source = resolve_gate_threshold(gate_threshold, Path(ckpt).resolve().parent.parent, ckpt)
+    threshold, source = resolve_gate_threshold(gate_threshold, run_dir_of_checkpoint(ckpt), ckpt)
     module, data = load_trained(ckpt, device)
     if threshold is not None:
         hard_gated_network(module, f"sgnet predict --gate-threshold {gate_threshold}").gate_threshold = threshold
@@ -127,37 +126,3 @@ def predict(ckpt: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
             for level, gate in enumerate(maps["gate"][0].float().cpu().numpy()):
                 save_native(gate, meta, out_dir / f"{subject}_gate{level}.nii.gz", "linear")
     return written
-
-
-def native_image(volume: np.ndarray, meta: dict, interpolation: str = "nearest") -> nib.Nifti1Image:
-    """A volume on the cached grid put back on the subject's original grid, as it is written: a
-    uint8 label map (``nearest``) or float32 maps (``linear``); see
-    :func:`~sgnet_lightning.data.preprocess.to_native`. ``sgnet test`` scores this image."""
-    from sgnet_lightning.data.preprocess import to_native
-
-    return _as_written(to_native(volume, meta, interpolation), np.uint8 if interpolation == "nearest" else np.float32)
-
-
-def save_native(volume: np.ndarray, meta: dict, path: Path, interpolation: str = "nearest") -> Path:
-    """Put a volume on the cached grid back on the subject's original grid and write it as NIfTI."""
-    return write_image(native_image(volume, meta, interpolation), path)
-
-
-def _as_written(image: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
-    """``image`` with ``dtype`` data and its affine as both qform and sform."""
-    out = nib.Nifti1Image(np.asarray(image.dataobj).astype(dtype), image.affine)
-    out.set_qform(image.affine, code=1)
-    out.set_sform(image.affine, code=1)
-    return out
-
-
-def write_image(image: nib.Nifti1Image, path: Path) -> Path:
-    """Write ``image`` atomically (temporary name, then rename); gzipped for ``.nii.gz``."""
-    atomic_write_bytes(path, image.to_bytes() if not str(path).endswith(".gz") else _gzip(image.to_bytes()))
-    return path
-
-
-def _gzip(raw: bytes) -> bytes:
-    import gzip
-
-    return gzip.compress(raw, compresslevel=6)

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sgnet_lightning.runs import LOGS_DIR
+
 log = logging.getLogger(__name__)
 
 _PACKAGES = ("sgnet-lightning", "torch", "lightning", "monai", "torchio", "nibabel", "numpy", "scipy",
@@ -80,7 +82,7 @@ def make_loggers(run_dir: Path, config: dict[str, Any], wandb_cfg: dict[str, Any
     from lightning.pytorch.loggers import CSVLogger
 
     # flush every logged row: a killed run keeps its log up to the kill (one appended line per row)
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="" if stage == "fit" else stage,
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name=LOGS_DIR, version="" if stage == "fit" else stage,
                                flush_logs_every_n_steps=1)]
     wandb_cfg = dict(wandb_cfg or {})
     if not wandb_cfg.pop("enabled", True) or wandb_cfg.get("mode") == "disabled":

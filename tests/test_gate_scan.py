@@ -18,7 +18,8 @@ from conftest import tiny_config
 from sgnet_lightning import cli
 from sgnet_lightning.errors import SgnetError
 from sgnet_lightning.experiment import train
-from sgnet_lightning.gate_scan import choose_threshold, resolve_gate_threshold
+from sgnet_lightning.gate_scan import choose_threshold
+from sgnet_lightning.operating_point import resolve_gate_threshold
 
 # around the supervised gates' probabilities after a few steps (they start at p = 0.95), so the
 # scan sees gates closing; 0.05 opens every gate whose p is above it
@@ -56,10 +57,13 @@ def test_scan_scores_every_threshold_on_validation_only(gated_run, monkeypatch, 
 
     config_file, run_dir, phantom = gated_run
 
-    def no_test_loader(self):
-        raise AssertionError("the gate scan built the test loader")
+    volume_loader = SegmentationDataModule._volume_loader
 
-    monkeypatch.setattr(SegmentationDataModule, "test_dataloader", no_test_loader)
+    def no_test_loader(self, split):
+        assert split != "test", "the gate scan built the test loader"
+        return volume_loader(self, split)
+
+    monkeypatch.setattr(SegmentationDataModule, "_volume_loader", no_test_loader)
     assert _scan(config_file, run_dir, "--thresholds", *map(str, THRESHOLDS), "--choose", "dice") == 0
     scan = pd.read_csv(run_dir / "gate_scan" / "gate_scan.csv", dtype={"subject": str})
 

@@ -312,10 +312,13 @@ def test_sweep_trains_on_train_scores_on_validation_resumes_and_writes_best_and_
         sweep_phantom, tmp_path, monkeypatch, opened_files):
     from sgnet_lightning.data.datamodule import SegmentationDataModule
 
-    def no_test_loader(self):
-        raise AssertionError("a sweep built the test loader")
+    volume_loader = SegmentationDataModule._volume_loader
 
-    monkeypatch.setattr(SegmentationDataModule, "test_dataloader", no_test_loader)
+    def no_test_loader(self, split):
+        assert split != "test", "a sweep built the test loader"
+        return volume_loader(self, split)
+
+    monkeypatch.setattr(SegmentationDataModule, "_volume_loader", no_test_loader)
     space = space_variant(TINY_GATE, tmp_path, pruner={"name": "none"})
     storage, runs = str(tmp_path / "runs" / "gate.journal"), tmp_path / "runs"
 

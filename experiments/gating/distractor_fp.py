@@ -28,7 +28,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from sgnet_lightning.analysis.results import BENCHMARK_FILE, COMPLETE_FILE
 from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.data.labels import get_task, label_map_to_masks
 from sgnet_lightning.data.manifest import Manifest
@@ -36,6 +35,7 @@ from sgnet_lightning.errors import DataError, SgnetError
 from sgnet_lightning.evaluation.evaluate import default_lesion_settings
 from sgnet_lightning.evaluation.lesions import false_positive_components
 from sgnet_lightning.evaluation.references import read_reference
+from sgnet_lightning.runs import BENCHMARK_FILE, COMPLETE_FILE
 
 TRUTH_DIR = "phantom_truth"
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sgnet_lightning.analysis.results import COMPLETE_FILE, gather_results
+from sgnet_lightning.analysis.results import gather_results
 from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.experiment import run_test
-from sgnet_lightning.gate_scan import OPERATING_POINT
+from sgnet_lightning.runs import COMPLETE_FILE, OPERATING_POINT
 
 VALIDATED = "@validated"
 

@@ -47,7 +47,6 @@ from matplotlib.figure import Figure
 from sgnet_lightning import files
 from sgnet_lightning.analysis.document import MISSING, Plot, Section, Table, figure_png, fmt, fmt_p, write_document
 from sgnet_lightning.analysis.results import (
-    COMPLETE_FILE,
     PLAIN_CASES,
     RunDir,
     convention_case,
@@ -70,6 +69,7 @@ from sgnet_lightning.analysis.stats import (
 from sgnet_lightning.data.labels import get_task
 from sgnet_lightning.datasets import Task
 from sgnet_lightning.evaluation import higher_is_better
+from sgnet_lightning.runs import COMPLETE_FILE, LOGS_DIR, OPERATING_POINT, RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def training_gate_curves(bench: Benchmark) -> pd.DataFrame:
     open_fraction (from ``logs/metrics.csv``; runs without gates or log contribute nothing)."""
     frames = []
     for run in bench.complete:
-        log_file = run.path / "logs" / "metrics.csv"
+        log_file = run.path / LOGS_DIR / "metrics.csv"
         if not log_file.is_file():
             continue
         logged = pd.read_csv(log_file)
@@ -477,7 +477,7 @@ def gate_scans(bench: Benchmark) -> pd.DataFrame:
     """Validation means per threshold of every complete run's gate scan (``gate_scan/gate_scan.csv``):
     columns model, seed, fold, threshold, region, metric, value, n_subjects, and ``chosen`` (the
     threshold stored as the run's operating point, NaN without one)."""
-    from sgnet_lightning.gate_scan import OPERATING_POINT, SCAN_CSV, SCAN_DIR
+    from sgnet_lightning.gate_scan import SCAN_CSV, SCAN_DIR
 
     columns = ["model", "seed", "fold", "threshold", "region", "metric", "value", "n_subjects", "chosen"]
     frames = []
@@ -626,7 +626,7 @@ def build_report(
         overlap = attention_overlap_table(bench)
         sections.append(attention_section(bench, overlap, example))
 
-    write_results(bench.results, out_dir / "results.csv")
+    write_results(bench.results, out_dir / RESULTS_FILE)
     write_stats(stats, out_dir, pairwise)
     if not overlap.empty:
         files.atomic_write_text(out_dir / "attention_overlap.csv", overlap.to_csv(index=False))

@@ -1,6 +1,7 @@
 """Gather the per-subject results of a benchmark folder into one tidy table.
 
-A benchmark folder (written by the benchmark runner) holds one folder per run::
+A benchmark folder (written by the benchmark runner) holds one folder per run (the layout of
+:mod:`sgnet_lightning.runs`)::
 
     <bench>/benchmark.json
     <bench>/<model_label>/seed<k>/[fold<f>/]run.json, results.csv, predictions/, COMPLETE
@@ -27,31 +28,22 @@ import io
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import DataError, SgnetError
+from sgnet_lightning.files import atomic_write_text
+from sgnet_lightning.runs import (BENCHMARK_FILE, COMPLETE_FILE, RESULTS_FILE, RUN_FILE, RUN_RESULTS_COLUMNS,
+                                  is_complete, parse_fold_dir, parse_seed_dir, prediction_file)
 
 logger = logging.getLogger(__name__)
 
-BENCHMARK_FILE = "benchmark.json"
-RUN_FILE = "run.json"
-RESULTS_FILE = "results.csv"
-COMPLETE_FILE = "COMPLETE"
-PREDICTIONS_DIR = "predictions"
-
-COLUMNS = ["model", "seed", "fold", "subject", "region", "metric", "value", "convention"]
-RUN_RESULTS_COLUMNS = ["subject", "region", "metric", "value", "convention"]
+COLUMNS = ["model", "seed", "fold", *RUN_RESULTS_COLUMNS]
 # Empty-mask cases in which every metric kept its plain definition (``both_present`` is
 # sgnet_lightning.evaluation.metrics.BOTH_PRESENT; "" for results written without the column filled).
 PLAIN_CASES = frozenset({"", "both_present"})
-
-_SEED_DIR = re.compile(r"^seed(\d+)$")
-_FOLD_DIR = re.compile(r"^fold(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -65,10 +57,10 @@ class RunDir:
 
     @property
     def complete(self) -> bool:
-        return (self.path / COMPLETE_FILE).is_file()
+        return is_complete(self.path)
 
     def prediction_file(self, subject: str) -> Path:
-        return self.path / PREDICTIONS_DIR / f"{subject}.npz"
+        return prediction_file(self.path, subject)
 
 
 def read_benchmark(bench_dir: str | os.PathLike) -> dict:
@@ -118,14 +110,13 @@ def _run_folders(bench_dir: Path) -> list[RunDir]:
     runs: list[RunDir] = []
     for model_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
         for seed_dir in model_dir.iterdir():
-            seed_match = _SEED_DIR.match(seed_dir.name)
-            if not (seed_dir.is_dir() and seed_match):
+            seed = parse_seed_dir(seed_dir.name)
+            if not (seed_dir.is_dir() and seed is not None):
                 continue
-            seed = int(seed_match.group(1))
             fold_dirs = [
-                (p, int(m.group(1)))
+                (p, fold)
                 for p in seed_dir.iterdir()
-                if p.is_dir() and (m := _FOLD_DIR.match(p.name))
+                if p.is_dir() and (fold := parse_fold_dir(p.name)) is not None
             ]
             if fold_dirs:
                 runs += [RunDir(path, model_dir.name, seed, fold) for path, fold in fold_dirs]

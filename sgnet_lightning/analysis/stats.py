@@ -67,11 +67,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from sgnet_lightning.analysis.results import BENCHMARK_FILE, check_metric_names
+from sgnet_lightning.analysis.results import check_metric_names
 from sgnet_lightning.files import atomic_write_json, atomic_write_text
 from sgnet_lightning.data.labels import get_task
 from sgnet_lightning.errors import ConfigError, DataError
 from sgnet_lightning.evaluation import METRICS, higher_is_better
+from sgnet_lightning.runs import BENCHMARK_FILE
 
 ZERO_METHOD = "pratt"
 # continuity correction on scipy's normal-approximation path (module docstring)

@@ -25,6 +25,7 @@ import pandas as pd
 from sgnet_lightning.analysis.results import gather_results, gather_runs, read_benchmark
 from sgnet_lightning.analysis.stats import primary_endpoint
 from sgnet_lightning.evaluation import gate_open_fraction_metric
+from sgnet_lightning.runs import RESULTS_FILE
 
 # metric -> column label, shown as mean +- SD over subjects
 MEAN_SD_COLUMNS = {"dice": "Dice", "precision": "precision", "recall": "recall", "hd95_mm": "HD95 mm",
@@ -103,6 +104,6 @@ def print_summary(bench_dir: str | Path) -> None:
         print(summary_table(bench_dir).to_string())
     print(LEGEND)
     print(f"\nruns (checkpoints, logs, W&B offline files): {bench_dir}/<model>/seed<k>/")
-    print(f"per-subject results: {bench_dir / 'results.csv'}")
+    print(f"per-subject results: {bench_dir / RESULTS_FILE}")
     print(f"statistics:          {bench_dir / 'stats' / 'stats.csv'}")
     print(f"report:              {(bench_dir / 'report' / 'report.html').resolve()} (and report.md)")

@@ -115,9 +115,10 @@ def cmd_report(args) -> int:
     if not args.no_wandb:
         import pandas as pd
 
+        from sgnet_lightning.runs import RESULTS_FILE
         from sgnet_lightning.tracking import log_summary_run
 
-        tables = {"stats": pd.read_csv(out / "stats.csv"), "results": pd.read_csv(out / "results.csv")}
+        tables = {"stats": pd.read_csv(out / "stats.csv"), "results": pd.read_csv(out / RESULTS_FILE)}
         log_summary_run(Path(args.benchmark), tables, sorted((out / "figures").glob("*.png")),
                         group=Path(args.benchmark).name)
     if args.check_browser:

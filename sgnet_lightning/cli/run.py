@@ -31,7 +31,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from sgnet_lightning.experiment import run_dir_for, run_test
+    from sgnet_lightning.experiment import run_test
+    from sgnet_lightning.runs import RESULTS_FILE, run_dir_for
 
     config = experiment_config(args)
     results = run_test(config, run_dir=args.run_dir, ckpt=args.ckpt, save_predictions=not args.no_predictions,
@@ -39,7 +40,7 @@ def cmd_test(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
     summary = results.groupby(["region", "metric"])["value"].mean().unstack("metric")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"per-subject results: {run_dir / 'results.csv'}")
+    print(f"per-subject results: {run_dir / RESULTS_FILE}")
     return 0
 
 
@@ -73,8 +74,8 @@ def cmd_evaluate(args) -> int:
 def cmd_gate_scan(args) -> int:
     import pandas as pd
 
-    from sgnet_lightning.experiment import run_dir_for
     from sgnet_lightning.gate_scan import SCAN_CSV, SCAN_DIR, run_gate_scan
+    from sgnet_lightning.runs import OPERATING_POINT, run_dir_for
 
     config = experiment_config(args)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
@@ -88,7 +89,7 @@ def cmd_gate_scan(args) -> int:
     point = summary["operating_point"]
     print(f"operating point (best mean {point['metric']} {point['region']} on {len(point['validation_subjects'])} "
           f"validation subjects): gate threshold {point['gate_threshold']:g}"
-          + (f", stored in {run_dir / 'operating_point.json'}" if args.store else " (not stored; --store stores it)"))
+          + (f", stored in {run_dir / OPERATING_POINT}" if args.store else " (not stored; --store stores it)"))
     print(f"scan: {run_dir / SCAN_DIR / SCAN_CSV}")
     return 0
 

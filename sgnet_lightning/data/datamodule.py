@@ -181,6 +181,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         loader: ``"queue"`` (TorchIO Queue, CPU workers; any data set size) or ``"device"``
             (:class:`~sgnet_lightning.data.gpu_sampler.DevicePatchSampler`: the training volumes
             sit in device memory and patches are cut there; for data sets that fit).
+        test_split: the split ``trainer.test`` scores: ``"test"``, or ``"val"`` to score the
+            validation split subject by subject (sweeps, ``sgnet gate-scan``) without ever opening a
+            test subject.
     """
 
     def __init__(
@@ -204,6 +207,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         preprocess_workers: int = 1,
         check: bool = True,
         loader: str = "queue",
+        test_split: str = "test",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -211,6 +215,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
         if loader not in ("queue", "device"):
             raise ValueError(f"data.loader must be 'queue' or 'device', got {loader!r}")
+        if test_split not in ("test", "val"):
+            raise ValueError(f"data.test_split must be 'test' or 'val', got {test_split!r}")
         from sgnet_lightning.data.manifest import Manifest
 
         self.manifest = Manifest.load(manifest, root=data_root)
@@ -423,7 +429,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._volume_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._volume_loader("test")
+        return self._volume_loader(self.hparams.test_split)
 
     # -- on the device: targets and augmentation --------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sgnet_lightning.files import atomic_write_json
 from sgnet_lightning.errors import ConfigError
 from sgnet_lightning.launch.settings import Launcher
+from sgnet_lightning.runs import RUN_FILE, benchmark_run_dir, can_resume, is_complete, study_dir as study_folder
 from sgnet_lightning.launch.status import (LAUNCH_FILE, TASK_FILE, WORKERS_DIR, State, duration_text, format_table,
                                            job_state, read_record, squeue_states)
 
@@ -37,9 +38,7 @@ def run_name(run: dict) -> str:
 
 
 def _run_dir(bench_dir: Path, run: dict) -> Path:
-    from sgnet_lightning.benchmark import run_dir_of
-
-    return run_dir_of({"dir": bench_dir}, run)
+    return benchmark_run_dir(bench_dir, run["label"], run["seed"], run.get("fold"))
 
 
 def _launch_record(launcher: str, job=None, **fields) -> dict[str, Any]:
@@ -98,8 +97,6 @@ def launch_benchmark_runs(bench: dict, runs: list[dict], launcher: Launcher) -> 
 
 def benchmark_states(bench: dict, runs: list[dict] | None = None) -> list[State]:
     """The state of each run of ``bench`` (default: all its runs), in order."""
-    from sgnet_lightning.benchmark import is_complete
-
     runs = bench["runs"] if runs is None else runs
     bench_dir = Path(bench["dir"])
     records = []
@@ -112,13 +109,13 @@ def benchmark_states(bench: dict, runs: list[dict] | None = None) -> list[State]
     states = []
     for run_dir, launch, task in records:
         if is_complete(run_dir):
-            info = read_record(run_dir / "run.json") or {}
+            info = read_record(run_dir / RUN_FILE) or {}
             seconds = info.get("train_time_s", 0.0) + info.get("test_time_s", 0.0) if "train_time_s" in info else None
             states.append(State("done", (task or launch or {}).get("job_id"), (task or launch or {}).get("log"),
                                 duration_text(seconds)))
             continue
         state = job_state(launch, task, live)
-        if state.state == "missing" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if state.state == "missing" and can_resume(run_dir):
             state = State("missing", state.job_id, state.log, "partial: resumes from last.ckpt")
         states.append(state)
     return states
@@ -174,7 +171,7 @@ def launch_sweep_workers(space_file: str, space_overrides: dict, study: str, run
                           "share the study on several nodes, and Optuna's journal files get corrupted on network "
                           "file systems (optuna #5138)")
     run_options = {**run_options, "runs_root": str(Path(run_options["runs_root"]).resolve())}
-    study_dir = Path(run_options["runs_root"]) / study
+    study_dir = study_folder(run_options["runs_root"], study)
     folder, cwd = study_dir / JOBS_DIR, os.getcwd()
     args = (str(Path(space_file).resolve()), space_overrides, study, run_options, cwd)
     if launcher.kind == "local":
@@ -251,7 +248,7 @@ def format_sweep_status(study_name: str, storage: str, runs_root: str) -> str:
     from sgnet_lightning.sweeps.storage import safe_url
 
     study = load_study(study_name, storage)
-    study_dir = Path(runs_root).resolve() / study_name
+    study_dir = study_folder(Path(runs_root).resolve(), study_name)
     workers = worker_rows(study_dir)
     job_of = {w["worker"]: w for w in workers if w["worker"]}
     trials = study.get_trials(deepcopy=False)

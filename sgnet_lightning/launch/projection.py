@@ -44,10 +44,11 @@ def list_schedule(durations: Sequence[float], slots: int) -> float:
 def measured_seconds(bench_dir: str | Path) -> dict[str, list[float]]:
     """Model label -> per-run seconds (fit + test) of the complete runs of a benchmark folder."""
     from sgnet_lightning.analysis.results import find_runs
+    from sgnet_lightning.runs import read_run_json
 
     measured: dict[str, list[float]] = {}
     for run in find_runs(bench_dir)[0]:
-        info = json.loads((run.path / "run.json").read_text())
+        info = read_run_json(run.path)
         if "train_time_s" in info and "test_time_s" in info:
             measured.setdefault(run.model, []).append(float(info["train_time_s"]) + float(info["test_time_s"]))
     return measured

@@ -2,7 +2,7 @@
 the validation split; any number of workers share the study through its storage.
 
 Trial folders: ``<runs_root>/<study>/trial<N>/seed<k>/`` (an ordinary run folder, see
-:mod:`sgnet_lightning.experiment`) with ``validation_results.csv``, the per-subject validation
+:mod:`sgnet_lightning.runs`) with ``validation_results.csv``, the per-subject validation
 scores the objective was computed from, and, where the space has ``gate_scan`` and the trial's
 network hard gates, ``gate_scan/`` (:mod:`sgnet_lightning.gate_scan`, validation split only). A
 retry of a trial whose worker died continues in the first attempt's folder, from its last checkpoint.
@@ -32,9 +32,9 @@ from typing import Any, Sequence
 import optuna
 import pandas as pd
 
+from sgnet_lightning import runs
 from sgnet_lightning.config import get_dotted, set_dotted
 from sgnet_lightning.config_lock import ConfigChangedError, changed_keys, config_hash, locked_config
-from sgnet_lightning.files import atomic_write_text
 from sgnet_lightning.errors import ConfigError, SgnetError
 from sgnet_lightning.sweeps.space import Objective, SearchSpace
 from sgnet_lightning.sweeps.storage import default_storage, is_url, open_storage, retry_history, safe_url
@@ -42,7 +42,6 @@ from sgnet_lightning.sweeps.storage import default_storage, is_url, open_storage
 log = logging.getLogger(__name__)
 
 SPACE_LOCK = "space_lock"  # study user attribute: {"hash", "lock": space_lock(space)}
-VALIDATION_RESULTS = "validation_results.csv"  # per-subject validation scores of a trial's seed
 PRUNING_MONITOR = "val/dice"  # reported to the pruner after every validation epoch of a trial's first seed
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # metrics whose computation needs surface distances or connected components (skipped otherwise)
@@ -109,7 +108,7 @@ def run_sweep(space: SearchSpace, study_name: str, storage: str | None = None, n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(
-            TrialObjective(space, study_name, runs_root / study_name, callbacks),
+            TrialObjective(space, study_name, runs.study_dir(runs_root, study_name), callbacks),
             timeout=timeout,
             catch=(Exception,),  # a crashing trial is recorded FAILED (with its error) and the study goes on
             callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), guard],
@@ -207,11 +206,12 @@ class TrialObjective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         attempts = retry_history(trial.study, trial.number)
         # a retry continues in its first attempt's folder so Lightning restores that run completely
-        trial_dir = self.study_dir / f"trial{attempts[0] if attempts else trial.number}"
+        trial_dir = runs.trial_dir(self.study_dir, attempts[0] if attempts else trial.number)
         trial.set_user_attr("run_dir", str(trial_dir))
         try:
             per_seed = [
-                self._run_seed(trial, values, seed, trial_dir / f"seed{seed}", first=(i == 0), retry=bool(attempts))
+                self._run_seed(trial, values, seed, runs.seed_dir(trial_dir, seed), first=(i == 0),
+                               retry=bool(attempts))
                 for i, seed in enumerate(self.space.seeds)
             ]
         except optuna.TrialPruned:
@@ -226,7 +226,7 @@ class TrialObjective:
                   retry: bool) -> dict[str, float]:
         from sgnet_lightning.experiment import train
 
-        resume = retry and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        resume = retry and runs.can_resume(run_dir)
         if run_dir.exists() and not resume:
             log.warning("removing %s, left by an earlier study of the same name", run_dir)
             shutil.rmtree(run_dir)
@@ -252,10 +252,11 @@ class TrialObjective:
 def scan_trial_gates(options: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Path | None:
     """The space's gate scan of one trained seed (validation split, fixed weights) into
     ``<run_dir>/gate_scan/``; None, with a log line, for a network without hard gates."""
-    from sgnet_lightning.gate_scan import SCAN_DIR, NoHardGatesError, run_gate_scan
+    from sgnet_lightning.gate_scan import SCAN_DIR, run_gate_scan
+    from sgnet_lightning.operating_point import NoHardGatesError
 
     try:
-        run_gate_scan(config, run_dir, ckpt=str(trained_checkpoint(run_dir)), thresholds=options["thresholds"],
+        run_gate_scan(config, run_dir, ckpt=str(runs.trained_checkpoint(run_dir)), thresholds=options["thresholds"],
                       choose=options.get("choose"))
     except NoHardGatesError as err:  # e.g. a trial that drew gate_mode soft
         log.info("%s: no gate scan: %s", run_dir, err)
@@ -306,24 +307,14 @@ def mean_over_subjects(rows: pd.DataFrame, objective: Objective, run_dir: Path) 
     return float(selected.groupby("region")["value"].mean().mean())
 
 
-def trained_checkpoint(run_dir: Path) -> Path:
-    """A trial's ``checkpoints/best.ckpt``, else ``last.ckpt``."""
-    from sgnet_lightning.experiment import BEST_CKPT, LAST_CKPT
-
-    checkpoint = next((run_dir / "checkpoints" / name for name in (BEST_CKPT, LAST_CKPT)
-                       if (run_dir / "checkpoints" / name).is_file()), None)
-    if checkpoint is None:
-        raise SgnetError(f"{run_dir}: no checkpoint to evaluate (training saved none)")
-    return checkpoint
-
-
 def validation_results(config: dict[str, Any], run_dir: str | Path,
                        metric_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Evaluate a trained run's best checkpoint subject by subject on its VALIDATION split.
 
     The module's test step scores whole volumes (sliding window, every metric of
-    :mod:`sgnet_lightning.evaluation`); here it is fed the DataModule's validation loader, so the
-    test split's loader is never built. Its log goes to ``logs/validate/``, beside the training log.
+    :mod:`sgnet_lightning.evaluation`); here on the validation split
+    (:func:`~sgnet_lightning.experiment.validation_scorer`), so the test split's loader is never
+    built. Its log goes to ``logs/validate/``, beside the training log.
 
     Args:
         config: the run's experiment config.
@@ -336,11 +327,11 @@ def validation_results(config: dict[str, Any], run_dir: str | Path,
         ``<run_dir>/validation_results.csv``.
     """
     from sgnet_lightning.experiment import validation_scorer
+    from sgnet_lightning.writers import EvaluationWriter
 
     run_dir = Path(run_dir)
-    checkpoint = trained_checkpoint(run_dir)
-    module, datamodule, trainer = validation_scorer(config, run_dir, metric_options)
+    checkpoint = runs.trained_checkpoint(run_dir)
+    writer = EvaluationWriter(results_file=run_dir / runs.VALIDATION_RESULTS_FILE)
+    module, datamodule, trainer = validation_scorer(config, run_dir, metric_options, callbacks=[writer])
     trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
-    rows = pd.DataFrame(module.test_rows)
-    atomic_write_text(run_dir / VALIDATION_RESULTS, rows.to_csv(index=False))
-    return rows
+    return pd.DataFrame(module.test_rows)
