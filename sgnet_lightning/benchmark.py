@@ -54,6 +54,10 @@ from sgnet_lightning.runs import (BENCHMARK_FILE, BEST, LAST, RESULTS_FILE, RUN_
 log = logging.getLogger(__name__)
 
 
+# The keys a benchmark YAML may hold; any other (a typo such as `seed:`) is refused rather than ignored.
+BENCHMARK_KEYS = ("name", "root", "experiment", "models", "seeds", "folds", "budget", "primary_endpoint")
+
+
 def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict[str, Any]:
     """Load a benchmark config and resolve every run's experiment config.
 
@@ -64,6 +68,9 @@ def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict[str,
     for key in ("name", "experiment", "models"):
         if key not in bench:
             raise ConfigError(f"{path}: benchmark config needs '{key}'")
+    unknown = sorted(set(bench) - set(BENCHMARK_KEYS) - {"defaults"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown benchmark key(s) {', '.join(unknown)}; known: {', '.join(BENCHMARK_KEYS)}")
     base = load_config(path.parent / bench["experiment"])
     seeds = bench.get("seeds", [0, 1, 2, 3, 4])
     folds = bench.get("folds") or [None]

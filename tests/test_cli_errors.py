@@ -95,6 +95,12 @@ CASES = {
     "benchmark: no config": (
         lambda t: ["benchmark", "--config", str(t / "absent.yaml")], "config file not found",
     ),
+    "benchmark: misspelt key in the YAML": (
+        lambda t: ["benchmark", "status", "--config", _written(
+            t, "typo.yaml", f"name: typo\nexperiment: {REPO}/experiments/datasets/phantom_bml.yaml\n"
+            f"models: {{unet: {{defaults: [{REPO}/experiments/models/unet.yaml]}}}}\nseed: [0]\n")],
+        "unknown benchmark key(s) seed; known: name, root",
+    ),
     "stats: metric misspelt": (
         lambda t: ["stats", "--results", _written(t, "results.csv", "model,seed,subject,region,metric,value\n"
                                                   "unet,0,s1,WT,hd95,3.0\n"), "--out", str(t / "s")],

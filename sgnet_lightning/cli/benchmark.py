@@ -16,8 +16,6 @@ from sgnet_lightning.errors import ConfigError
 # Experiment-config sections an override changes in every run (through the budget). Not
 # seed_everything: a benchmark's runs take their seeds from its `seeds`.
 RUN_SECTIONS = ("model", "data", "trainer", "run")
-# Top-level keys of a benchmark YAML (see sgnet_lightning.benchmark); an override of any other is refused.
-BENCHMARK_KEYS = ("name", "root", "experiment", "models", "seeds", "folds", "budget", "primary_endpoint")
 
 
 def load_benchmark_from(args: argparse.Namespace) -> dict:
@@ -26,14 +24,17 @@ def load_benchmark_from(args: argparse.Namespace) -> dict:
     Raises:
         ConfigError: an override key neither the benchmark nor its runs' configs know.
     """
-    from sgnet_lightning.benchmark import load_benchmark
+    from sgnet_lightning.benchmark import BENCHMARK_KEYS, load_benchmark
 
-    bench = load_benchmark(args.config, benchmark_overrides(args))
-    for key in override_keys(_benchmark_pairs(args)):
-        root, _, run_key = key.partition(".")
+    keys = override_keys(_benchmark_pairs(args))
+    for key in keys:
+        root = key.partition(".")[0]
         if root not in BENCHMARK_KEYS:
             raise ConfigError(f"override {key!r}: a benchmark has no key {root!r}; its keys are "
                               f"{', '.join(BENCHMARK_KEYS)}, and {', '.join(RUN_SECTIONS)} for every run")
+    bench = load_benchmark(args.config, benchmark_overrides(args))
+    for key in keys:
+        root, _, run_key = key.partition(".")
         if root == "budget" and run_key:
             for run in {run["label"]: run for run in bench["runs"]}.values():  # one run per model
                 check_override_keys([run_key], run["config"], where=f"override (model {run['label']})")
