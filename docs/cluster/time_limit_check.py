@@ -6,7 +6,7 @@ one SG-Net run of a phantom benchmark (a little over a minute on one thread) is 
 signal_delay_s=60``), so submitit receives USR2 during training (slurmctld checks time limits on its
 own tick, so the moment varies by up to 30 s), requeues the task, and the run resumes from its
 ``last.ckpt`` until it is done. The signal must come after the task's Python has started (about 20 s
-here, importing torch and Lightning): a first try at ``time_min=1 signal_delay_s=40`` once had USR2
+here, importing torch and Lightning): of two tries at ``time_min=1 signal_delay_s=40``, one had USR2
 arrive before submitit's handler was installed, which kills the task unrequeued. So
 ``signal_delay_s`` must stay well under ``time_min`` (as shipped: 120 s of 1,440 min). The same benchmark run inline (the sequential command, one torch thread like the SLURM task)
 is the reference: the script checks that the final weights and the per-subject results are equal.
